@@ -1,0 +1,62 @@
+// defender_client.h: the Defender for Endpoint REST API, as the plugin uses it.
+//
+// Calls are asynchronous: `done` is called exactly once, later, on a transport
+// thread, and must not block. Every call takes an absolute deadline that bounds
+// token acquisition and the HTTP exchange together.
+//
+//   client.StopAndQuarantineFile({.machine_id = id, .sha1 = sha1, .comment = c},
+//                                deadline, [](absl::StatusOr<MachineAction> a) { ... });
+//
+// Errors (absl::Status with an ErrorInfo, adapters/common/error.h):
+//   HTTP 400 -> INVALID_ARGUMENT (DEFENDER_BAD_REQUEST); FAILED_PRECONDITION
+//               for OsPlatformNotSupported / ClientVersionNotSupported
+//               (DEFENDER_PRECONDITION_FAILED); ALREADY_EXISTS for
+//               ActiveRequestAlreadyExists (ACTION_ALREADY_RUNNING)
+//   HTTP 401 -> one new token and one retry, then UNAUTHENTICATED (DEFENDER_UNAUTHORIZED)
+//   HTTP 403 -> PERMISSION_DENIED (DEFENDER_FORBIDDEN)
+//   HTTP 404 -> NOT_FOUND (DEFENDER_NOT_FOUND), Defender's message kept
+//   HTTP 429 -> RESOURCE_EXHAUSTED (DEFENDER_THROTTLED) with RetryInfo from Retry-After
+//   HTTP 5xx -> UNAVAILABLE (DEFENDER_UNAVAILABLE)
+//   transport faults -> as the transport reports them (http_transport.h)
+//   an unreadable answer -> INTERNAL (BAD_UPSTREAM_RESPONSE)
+// Metadata: "http_status", "defender_code", "tracking_id" (Defender's error
+// `target`), "defender_message".
+#ifndef DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
+#define DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
+
+#include <string>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "adapters/defender/machine_action.h"
+
+namespace defender::api {
+
+// StopAndQuarantineFileParams are the inputs of StopAndQuarantineFile, already
+// validated by the caller (40-hex ids, a non-empty comment).
+struct StopAndQuarantineFileParams {
+  std::string machine_id;
+  std::string sha1;
+  std::string comment;
+};
+
+// DefenderClient calls one tenant's Defender API. Thread-safe.
+class DefenderClient {
+ public:
+  using ActionCallback = absl::AnyInvocable<void(absl::StatusOr<MachineAction>) &&>;
+
+  virtual ~DefenderClient() = default;
+
+  // StopAndQuarantineFile: POST /api/machines/{id}/StopAndQuarantineFile.
+  virtual void StopAndQuarantineFile(const StopAndQuarantineFileParams& params,
+                                     absl::Time deadline, ActionCallback done) = 0;
+
+  // GetMachineAction: GET /api/machineactions/{id}.
+  virtual void GetMachineAction(const std::string& action_id, absl::Time deadline,
+                                ActionCallback done) = 0;
+};
+
+}  // namespace defender::api
+
+#endif  // DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_

@@ -1,0 +1,82 @@
+// http_transport.h: the one seam through which the plugin talks HTTP(S).
+//
+// HttpTransport::Send is asynchronous: it returns at once and calls `done`
+// exactly once, later, on the transport's own thread (never inside Send). The
+// callback must not block. Implementations: CurlTransport (curl_transport.h),
+// and recording fakes in tests.
+//
+//   HttpRequest req;
+//   req.method = "POST";
+//   req.url = "https://api.security.microsoft.com/api/machines/ID/StopAndQuarantineFile";
+//   req.headers = {{"Content-Type", "application/json"}};
+//   req.body = json.dump();
+//   req.deadline = absl::Now() + absl::Seconds(30);
+//   transport.Send(std::move(req), [](absl::StatusOr<HttpResponse> r) { ... });
+//
+// A response with any HTTP status (also 4xx/5xx) is a success of the
+// transport; the status is an error only when no complete answer came back.
+// Such errors carry an ErrorInfo (adapters/common/error.h) with reason
+// UPSTREAM_CONNECT_FAILED, UPSTREAM_TLS_FAILED, UPSTREAM_TIMEOUT,
+// UPSTREAM_CONNECTION_LOST or UPSTREAM_RESPONSE_TOO_LARGE, and metadata
+// "request_sent" = "true" when the request may have reached the server (its
+// outcome is unknown) or "false" when it certainly did not.
+#ifndef DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
+#define DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace defender::http {
+
+// Header is one HTTP header field.
+using Header = std::pair<std::string, std::string>;
+
+// HttpRequest is one request to send.
+struct HttpRequest {
+  std::string method = "GET";  // "GET", "POST", ...
+  std::string url;             // absolute URL, query string already encoded
+  std::vector<Header> headers;
+  std::string body;
+  // The request, including connecting and reading the whole answer, fails with
+  // UPSTREAM_TIMEOUT (DEADLINE_EXCEEDED) at this time. InfiniteFuture means the
+  // transport's own default timeout applies.
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+// HttpResponse is a complete answer.
+struct HttpResponse {
+  int status = 0;
+  std::vector<Header> headers;  // in arrival order; names as sent
+  std::string body;
+
+  // Header returns the value of the first header named `name` (compared
+  // case-insensitively), or "" if there is none.
+  std::string Header(absl::string_view name) const;
+};
+
+// HttpTransport sends requests. Implementations are thread-safe.
+class HttpTransport {
+ public:
+  using Callback = absl::AnyInvocable<void(absl::StatusOr<HttpResponse>) &&>;
+
+  virtual ~HttpTransport() = default;
+
+  // Send starts `request` and calls `done` exactly once with its outcome.
+  virtual void Send(HttpRequest request, Callback done) = 0;
+};
+
+// FormEncode returns `fields` as an application/x-www-form-urlencoded body.
+std::string FormEncode(const std::vector<std::pair<std::string, std::string>>& fields);
+
+// UrlEscape percent-encodes `text` for use inside a URL path segment or query.
+std::string UrlEscape(absl::string_view text);
+
+}  // namespace defender::http
+
+#endif  // DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
