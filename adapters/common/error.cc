@@ -17,7 +17,7 @@ absl::Status MakeError(absl::StatusCode code, absl::string_view message,
 }
 
 std::optional<google::rpc::ErrorInfo> GetErrorInfo(const absl::Status& status) {
-  std::optional<absl::Cord> payload = status.GetPayload(kErrorInfoTypeUrl);
+  auto payload = status.GetPayload(kErrorInfoTypeUrl);
   if (!payload) return std::nullopt;
   google::rpc::ErrorInfo info;
   if (!info.ParseFromString(std::string(*payload))) return std::nullopt;
@@ -39,7 +39,7 @@ void SetRetryDelay(absl::Status& status, absl::Duration delay) {
 }
 
 std::optional<absl::Duration> GetRetryDelay(const absl::Status& status) {
-  std::optional<absl::Cord> payload = status.GetPayload(kRetryInfoTypeUrl);
+  auto payload = status.GetPayload(kRetryInfoTypeUrl);
   if (!payload) return std::nullopt;
   google::rpc::RetryInfo retry;
   if (!retry.ParseFromString(std::string(*payload))) return std::nullopt;
