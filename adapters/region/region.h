@@ -38,7 +38,23 @@ const std::vector<std::string>& KnownRegions();
 // ResolveEndpoints returns the endpoints for `settings`. An unknown region, a
 // URL that is not https (or has a query, fragment or user info), or a scope
 // not ending in "/.default" is INVALID_ARGUMENT naming the setting.
+//
+// Region names are matched case-insensitively, ignoring surrounding blanks.
+// Errors carry an ErrorInfo with reason INVALID_CONFIGURATION and metadata
+// "setting" (the environment variable, e.g. "DEFENDER_API_URL").
 absl::StatusOr<Endpoints> ResolveEndpoints(const EndpointSettings& settings);
+
+// NormalizeHttpsUrl checks that `url` is an absolute https URL with a host and
+// no user info, query or fragment, and returns it without trailing '/'. A
+// path ("https://proxy.example/defender") is accepted only when `allow_path`.
+// Errors are INVALID_ARGUMENT (reason INVALID_CONFIGURATION) naming `setting`
+// (e.g. "AZURE_AUTHORITY_HOST"); the URL itself is not repeated, so a
+// mistyped secret pasted into the wrong setting is not echoed.
+//
+//   NormalizeHttpsUrl("https://login.microsoftonline.us/", "AZURE_AUTHORITY_HOST",
+//                     /*allow_path=*/false)  // "https://login.microsoftonline.us"
+absl::StatusOr<std::string> NormalizeHttpsUrl(const std::string& url,
+                                              const std::string& setting, bool allow_path);
 
 }  // namespace defender::region
 
