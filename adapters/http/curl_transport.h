@@ -6,7 +6,23 @@
 //
 // TLS: peer and host verification are always on (there is no switch to turn
 // them off). `ca_file`, when set, is the only CA bundle trusted. Standard proxy
-// variables (https_proxy, no_proxy, ...) are honoured by libcurl.
+// variables (https_proxy, no_proxy, ...) are honoured by libcurl. Only http and
+// https URLs are accepted; redirects are not followed (a 3xx is an answer).
+//
+// Errors (see http_transport.h for the "request_sent" metadata; every error
+// also carries "curl_code", libcurl's numeric CURLcode):
+//   cannot resolve / connect        UNAVAILABLE        UPSTREAM_CONNECT_FAILED
+//   TLS handshake or certificate    UNAVAILABLE        UPSTREAM_TLS_FAILED
+//   deadline or timeout reached     DEADLINE_EXCEEDED  UPSTREAM_TIMEOUT
+//   connection broken, no answer    UNAVAILABLE        UPSTREAM_CONNECTION_LOST
+//   answer over the size caps       INTERNAL           UPSTREAM_RESPONSE_TOO_LARGE
+//   malformed request (URL, method  INVALID_ARGUMENT   INVALID_HTTP_REQUEST
+//     or header with CR/LF)
+//   destroyed while in flight       CANCELLED          TRANSPORT_SHUT_DOWN
+//   libcurl failed internally       INTERNAL           HTTP_TRANSPORT_INTERNAL
+// An oversized answer is INTERNAL, not RESOURCE_EXHAUSTED: the plugin uses
+// RESOURCE_EXHAUSTED for throttling (come back later), while a repeat of the
+// call would get the same oversized answer.
 //
 //   auto transport = CurlTransport::Create({.ca_file = "/etc/ssl/ca.pem"});
 //   (*transport)->Send(std::move(request), std::move(done));
@@ -31,8 +47,14 @@ struct CurlTransportOptions {
   absl::Duration connect_timeout = absl::Seconds(10);
   // Whole-request timeout when the request has no deadline. Default 60 s.
   absl::Duration default_timeout = absl::Seconds(60);
-  // Answers with a larger body fail with UPSTREAM_RESPONSE_TOO_LARGE. 8 MiB.
+  // Answers with a larger body (after decompression) fail with
+  // UPSTREAM_RESPONSE_TOO_LARGE. 8 MiB.
   size_t max_response_bytes = 8u << 20;
+  // Answers whose header block is larger fail the same way. 256 KiB.
+  size_t max_header_bytes = 256u << 10;
+  // Connections opened to one host at most; further requests wait for one
+  // (HTTP/2 multiplexes many requests over one connection). 0 = no limit. 16.
+  long max_connections_per_host = 16;
   // Sent as User-Agent.
   std::string user_agent = "defender-plugin/0.1";
 };
@@ -40,11 +62,14 @@ struct CurlTransportOptions {
 // CurlTransport is the production HttpTransport. Thread-safe.
 class CurlTransport final : public HttpTransport {
  public:
-  // Create checks the options (a CA file that cannot be read is an error) and
-  // starts the loop thread.
+  // Create checks the options (a CA file that cannot be read or holds no PEM
+  // is INVALID_ARGUMENT / INVALID_CONFIGURATION) and starts the loop thread.
   static absl::StatusOr<std::unique_ptr<CurlTransport>> Create(CurlTransportOptions options);
 
-  // Stops the loop; requests still in flight complete with CANCELLED.
+  // Stops the loop; requests still queued or in flight complete with CANCELLED
+  // (on the loop thread, before the destructor returns; a Send from such a
+  // callback is cancelled too). Must not be called from one of this
+  // transport's callbacks, nor concurrently with Send from another thread.
   ~CurlTransport() override;
 
   void Send(HttpRequest request, Callback done) override;

@@ -52,7 +52,8 @@ struct HttpRequest {
 // HttpResponse is a complete answer.
 struct HttpResponse {
   int status = 0;
-  std::vector<Header> headers;  // in arrival order; names as sent
+  // (Qualified: the member function Header below hides the type name.)
+  std::vector<http::Header> headers;  // in arrival order; names as sent
   std::string body;
 
   // Header returns the value of the first header named `name` (compared
