@@ -1,11 +1,24 @@
 // token_cache.h: a TokenCredential that caches another's tokens.
 //
-// Tokens are cached per scope set and reused while `expires_on - refresh_margin`
-// is in the future (Azure SDK for C++ renews 2 minutes ahead). Concurrent
-// callers that find no fresh token share one request to the inner credential.
+// Tokens are cached per scope set (the scopes joined by ' ', in the order
+// given) and reused while `expires_on - refresh_margin` is in the future
+// (Azure SDK for C++ renews 2 minutes ahead). A token whose lifetime, when it
+// arrived, was shorter than twice the margin uses half that lifetime as its
+// margin instead, so short-lived tokens are still reused.
+//
+// Concurrent callers that find no fresh token share one request to the inner
+// credential; it is started with the first caller's context (its deadline).
+// When it fails, every waiting caller gets the error and nothing is cached:
+// the next caller starts a new request.
+//
 // A caller that reports a token as rejected (context.rejected_token) makes the
 // cache drop that token, once: callers reporting the same token join the same
-// new request.
+// new request, and callers reporting a token that has already been replaced
+// get the newer one without a request.
+//
+// Callbacks run outside the cache's lock: inside GetToken for a cached token,
+// else on the thread where the inner credential answers. The cache must
+// outlive the requests it has started.
 //
 //   auto secret = ClientSecretCredential::Create(options, transport);
 //   CachingTokenCredential cached(std::move(*secret));
@@ -39,7 +52,8 @@ class CachingTokenCredential final : public TokenCredential {
 
  private:
   struct Entry {
-    AccessToken token;                 // the cached token, if any
+    AccessToken token;                 // the cached token, if any (token.token empty if none)
+    absl::Time refresh_after = absl::InfinitePast();  // fresh while now < refresh_after
     bool in_flight = false;            // a request to `inner_` is running
     std::vector<Callback> waiters;     // callers waiting for it
   };
