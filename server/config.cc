@@ -1,1 +1,165 @@
-// placeholder: being written
+#include "server/config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "adapters/common/error.h"
+#include "server/flags.h"
+
+namespace defender {
+namespace {
+
+// Values as given on the command line; "" means "not given".
+struct RawSettings {
+  std::string listen = "127.0.0.1:50051";
+  std::string port_file;
+  std::string tenant_id, client_id, client_secret, client_secret_file;
+  std::string authority_host, region, api_url, scope, ca_file;
+  int default_timeout_seconds = 0;
+  int shutdown_grace_seconds = 10;
+};
+
+void RegisterFlags(FlagParser& flags, RawSettings& raw) {
+  flags.AddString("listen", &raw.listen, "address to serve gRPC on", "HOST:PORT");
+  flags.AddString("port-file", &raw.port_file,
+                  "write the bound port to FILE once serving (for --listen HOST:0)", "FILE");
+  flags.AddString("tenant-id", &raw.tenant_id, "Entra tenant id (AZURE_TENANT_ID)", "ID");
+  flags.AddString("client-id", &raw.client_id, "app (client) id (AZURE_CLIENT_ID)", "ID");
+  flags.AddString("client-secret", &raw.client_secret,
+                  "client secret (AZURE_CLIENT_SECRET; prefer the variable or a file)", "SECRET");
+  flags.AddString("client-secret-file", &raw.client_secret_file,
+                  "file holding the client secret", "FILE");
+  flags.AddString("authority-host", &raw.authority_host,
+                  "login authority (AZURE_AUTHORITY_HOST; default per region)", "URL");
+  flags.AddString("region", &raw.region,
+                  "global, us, eu, uk, au, swa, ina, aea, gcc, gcc-high, dod (DEFENDER_REGION)",
+                  "NAME");
+  flags.AddString("api-url", &raw.api_url, "Defender API base URL (DEFENDER_API_URL)", "URL");
+  flags.AddString("scope", &raw.scope, "token scope (DEFENDER_SCOPE; default per region)",
+                  "SCOPE");
+  flags.AddString("ca-file", &raw.ca_file,
+                  "CA bundle trusted for every HTTPS call (DEFENDER_CA_FILE)", "FILE");
+  flags.AddInt("default-timeout-seconds", &raw.default_timeout_seconds,
+               "bound of a call without a deadline (DEFENDER_DEFAULT_TIMEOUT_SECONDS; 30)");
+  flags.AddInt("shutdown-grace-seconds", &raw.shutdown_grace_seconds,
+               "time in-flight calls get to finish at SIGTERM/SIGINT");
+}
+
+absl::Status ConfigError(const std::string& message) {
+  return MakeError(absl::StatusCode::kInvalidArgument, message, "INVALID_CONFIGURATION");
+}
+
+// Pick returns the flag's value if given, else the environment's, else "".
+std::string Pick(const std::string& flag_value, const EnvLookup& env, const std::string& var) {
+  if (!flag_value.empty()) return flag_value;
+  absl::optional<std::string> value = env(var);
+  return value ? *value : std::string();
+}
+
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ConfigError(absl::StrCat("--client-secret-file: cannot read ", path));
+  std::stringstream content;
+  content << in.rdbuf();
+  std::string secret = content.str();
+  absl::StripTrailingAsciiWhitespace(&secret);
+  return secret;
+}
+
+}  // namespace
+
+EnvLookup ProcessEnvironment() {
+  return [](const std::string& name) -> absl::optional<std::string> {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return absl::nullopt;
+    return std::string(value);
+  };
+}
+
+std::string ConfigUsage() {
+  RawSettings raw;
+  FlagParser flags("defender-plugin");
+  RegisterFlags(flags, raw);
+  return flags.Usage();
+}
+
+absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const EnvLookup& env) {
+  RawSettings raw;
+  FlagParser flags("defender-plugin");
+  RegisterFlags(flags, raw);
+  if (absl::Status parsed = flags.Parse(argc, argv); !parsed.ok()) {
+    return ConfigError(std::string(parsed.message()));
+  }
+  PluginConfig config;
+  if (flags.HelpRequested()) {
+    config.help_requested = true;
+    return config;
+  }
+  if (!flags.positional().empty()) {
+    return ConfigError(absl::StrCat("unexpected argument '", flags.positional()[0], "'"));
+  }
+
+  config.listen = raw.listen;
+  config.port_file = raw.port_file;
+  if (config.listen.empty() || config.listen.find(':') == std::string::npos) {
+    return ConfigError("--listen must be HOST:PORT");
+  }
+  if (raw.shutdown_grace_seconds < 0) return ConfigError("--shutdown-grace-seconds must be >= 0");
+  config.shutdown_grace = absl::Seconds(raw.shutdown_grace_seconds);
+
+  int timeout_seconds = raw.default_timeout_seconds;
+  if (!flags.WasSet("default-timeout-seconds")) {
+    std::string text = Pick("", env, "DEFENDER_DEFAULT_TIMEOUT_SECONDS");
+    timeout_seconds = 30;
+    if (!text.empty() && !absl::SimpleAtoi(text, &timeout_seconds)) {
+      return ConfigError("DEFENDER_DEFAULT_TIMEOUT_SECONDS must be a whole number of seconds");
+    }
+  }
+  if (timeout_seconds <= 0) {
+    return ConfigError("DEFENDER_DEFAULT_TIMEOUT_SECONDS (--default-timeout-seconds) must be > 0");
+  }
+  config.default_timeout = absl::Seconds(timeout_seconds);
+
+  config.ca_file = Pick(raw.ca_file, env, "DEFENDER_CA_FILE");
+  if (!config.ca_file.empty() && !std::ifstream(config.ca_file).good()) {
+    return ConfigError(absl::StrCat("DEFENDER_CA_FILE (--ca-file): cannot read ", config.ca_file));
+  }
+
+  TenantConfig tenant;
+  tenant.name = kDefaultTenantName;
+  tenant.tenant_id = Pick(raw.tenant_id, env, "AZURE_TENANT_ID");
+  tenant.client_id = Pick(raw.client_id, env, "AZURE_CLIENT_ID");
+  if (!raw.client_secret_file.empty()) {
+    absl::StatusOr<std::string> secret = ReadSecretFile(raw.client_secret_file);
+    if (!secret.ok()) return secret.status();
+    tenant.client_secret = *std::move(secret);
+  } else {
+    tenant.client_secret = Pick(raw.client_secret, env, "AZURE_CLIENT_SECRET");
+  }
+  if (tenant.tenant_id.empty()) return ConfigError("AZURE_TENANT_ID (--tenant-id) is not set");
+  if (tenant.client_id.empty()) return ConfigError("AZURE_CLIENT_ID (--client-id) is not set");
+  if (tenant.client_secret.empty()) {
+    return ConfigError(
+        "AZURE_CLIENT_SECRET (--client-secret or --client-secret-file) is not set");
+  }
+
+  region::EndpointSettings endpoint_settings;
+  endpoint_settings.region = Pick(raw.region, env, "DEFENDER_REGION");
+  if (endpoint_settings.region.empty()) endpoint_settings.region = "global";
+  endpoint_settings.api_url = Pick(raw.api_url, env, "DEFENDER_API_URL");
+  endpoint_settings.authority_host = Pick(raw.authority_host, env, "AZURE_AUTHORITY_HOST");
+  endpoint_settings.scope = Pick(raw.scope, env, "DEFENDER_SCOPE");
+  absl::StatusOr<region::Endpoints> endpoints = region::ResolveEndpoints(endpoint_settings);
+  if (!endpoints.ok()) return endpoints.status();
+  tenant.endpoints = *std::move(endpoints);
+
+  config.tenants.push_back(std::move(tenant));
+  return config;
+}
+
+}  // namespace defender

@@ -1,1 +1,62 @@
-int main() { return 1; }  // placeholder: being written
+// defender-plugin: serves defender.v1.ResponseService over gRPC.
+//
+//   AZURE_TENANT_ID=... AZURE_CLIENT_ID=... AZURE_CLIENT_SECRET=... defender-plugin
+//
+// Configuration: server/config.h (flags and environment). SIGTERM or SIGINT:
+// stop accepting, let in-flight calls finish (bounded), exit 0.
+#include <signal.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "server/config.h"
+#include "server/log.h"
+#include "server/plugin_server.h"
+
+int main(int argc, char** argv) {
+  // Block the stop signals in every thread; main() waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  // Configuration: flags and environment, validated once.
+  absl::StatusOr<defender::PluginConfig> config =
+      defender::LoadConfig(argc, argv, defender::ProcessEnvironment());
+  if (!config.ok()) {
+    std::cerr << "defender-plugin: " << config.status().message() << "\n"
+              << "run 'defender-plugin --help' for the settings\n";
+    return 2;
+  }
+  if (config->help_requested) {
+    std::cout << defender::ConfigUsage();
+    return 0;
+  }
+
+  // The adapters and the gRPC server.
+  absl::StatusOr<std::unique_ptr<defender::PluginServer>> server =
+      defender::PluginServer::Start(*config);
+  if (!server.ok()) {
+    std::cerr << "defender-plugin: " << server.status().message() << "\n";
+    return 1;
+  }
+  const std::string host = config->listen.substr(0, config->listen.rfind(':'));
+  defender::Log("INFO", absl::StrCat("defender-plugin serving defender.v1.ResponseService on ",
+                                     host, ":", (*server)->port(), " (region endpoints: ",
+                                     config->tenants[0].endpoints.api_base_url, ")"));
+
+  if (!config->port_file.empty()) {
+    std::ofstream(config->port_file) << (*server)->port() << "\n";
+  }
+
+  // Wait for SIGTERM/SIGINT, then drain.
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  defender::Log("INFO", absl::StrCat("signal ", signal_number, ": draining for at most ",
+                                     absl::FormatDuration(config->shutdown_grace)));
+  (*server)->Shutdown(config->shutdown_grace);
+  defender::Log("INFO", "stopped");
+  return 0;
+}

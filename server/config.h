@@ -1,0 +1,77 @@
+// config.h: the plugin's configuration, one typed structure built once at start
+// from flags and the environment (flags win), validated before anything runs.
+// The rest of the code never reads the environment.
+//
+//   absl::StatusOr<PluginConfig> config = LoadConfig(argc, argv, ProcessEnvironment());
+//   if (!config.ok()) { std::cerr << config.status().message(); return 2; }
+//
+// Settings (environment variable / flag):
+//   AZURE_TENANT_ID        --tenant-id           the Entra tenant (GUID or domain)
+//   AZURE_CLIENT_ID        --client-id           the app registration's client id
+//   AZURE_CLIENT_SECRET    --client-secret       its secret (or --client-secret-file)
+//   AZURE_AUTHORITY_HOST   --authority-host      login authority (default per region)
+//   DEFENDER_REGION        --region              global, us, eu, uk, au, swa, ina, aea,
+//                                                gcc, gcc-high, dod (default global)
+//   DEFENDER_API_URL       --api-url             API base URL override
+//   DEFENDER_SCOPE         --scope               token scope override
+//   DEFENDER_CA_FILE       --ca-file             CA bundle trusted for all HTTPS calls
+//   DEFENDER_DEFAULT_TIMEOUT_SECONDS --default-timeout-seconds  bound of a call
+//                                                without a gRPC deadline (default 30)
+//   (flag only)            --listen HOST:PORT    default 127.0.0.1:50051
+//   (flag only)            --shutdown-grace-seconds  in-flight calls' time at SIGTERM
+//   (flag only)            --port-file FILE      write the bound port there once serving
+// A missing or invalid setting is INVALID_ARGUMENT naming the setting (never
+// the value of a secret).
+#ifndef DEFENDER_SERVER_CONFIG_H_
+#define DEFENDER_SERVER_CONFIG_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/optional.h"
+#include "adapters/region/region.h"
+
+namespace defender {
+
+// kDefaultTenantName names the tenant configured from the environment; an
+// empty `tenant` in a request means this one.
+inline constexpr char kDefaultTenantName[] = "default";
+
+// TenantConfig is one Defender tenant the plugin acts on.
+struct TenantConfig {
+  std::string name;           // what requests put in `tenant`
+  std::string tenant_id;      // the Entra tenant
+  std::string client_id;      // the app registration
+  std::string client_secret;  // never logged
+  region::Endpoints endpoints;
+};
+
+// PluginConfig is everything the server needs to start.
+struct PluginConfig {
+  bool help_requested = false;  // --help: print Usage() and exit 0
+  std::string listen = "127.0.0.1:50051";
+  std::string port_file;  // "" = none
+  std::string ca_file;  // "" = the system's CA bundle
+  absl::Duration default_timeout = absl::Seconds(30);
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  std::vector<TenantConfig> tenants;  // tenants[0] is the default tenant
+};
+
+// EnvLookup returns an environment variable's value, or nullopt when unset.
+using EnvLookup = std::function<absl::optional<std::string>(const std::string&)>;
+
+// ProcessEnvironment reads the real environment.
+EnvLookup ProcessEnvironment();
+
+// LoadConfig builds and validates the configuration.
+absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const EnvLookup& env);
+
+// ConfigUsage is the --help text.
+std::string ConfigUsage();
+
+}  // namespace defender
+
+#endif  // DEFENDER_SERVER_CONFIG_H_
