@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The binaries end to end: defender-sandbox, defender-plugin and defenderctl as
+# separate processes. Checks the CLI's output and exit codes, and that the
+# plugin exits 0 on SIGTERM. Usage: cli_test.sh BUILD_DIR
+set -euo pipefail
+BIN="$1"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+wait_for_file() {
+  for _ in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done
+  fail "timed out waiting for $1"
+}
+
+"$BIN/tools/defender-sandbox" --listen 127.0.0.1:0 --port-file "$work/sandbox.port" \
+  --ca-out "$work/ca.pem" --action-step-ms 200 >"$work/sandbox.log" 2>&1 &
+pids+=($!)
+wait_for_file "$work/sandbox.port"
+sandbox="https://127.0.0.1:$(cat "$work/sandbox.port")"
+
+AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
+AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \
+AZURE_CLIENT_SECRET=sandbox-secret \
+AZURE_AUTHORITY_HOST="$sandbox" DEFENDER_API_URL="$sandbox" DEFENDER_CA_FILE="$work/ca.pem" \
+  "$BIN/server/defender-plugin" --listen 127.0.0.1:0 --port-file "$work/plugin.port" \
+  >"$work/plugin.log" 2>&1 &
+plugin=$!
+pids+=($plugin)
+wait_for_file "$work/plugin.port"
+target="127.0.0.1:$(cat "$work/plugin.port")"
+ctl="$BIN/tools/defenderctl"
+
+# quarantine prints the action as JSON.
+"$ctl" quarantine --target "$target" --machine 1e5bc9d7e413ddd7902c2932e418702b84d0cc07 \
+  --sha1 87662bc3d60e4200ceaf7aae249d1c343f4b83c9 --comment "cli test" >"$work/action.json" \
+  || fail "quarantine failed"
+grep -q '"status": "MACHINE_ACTION_STATUS_PENDING"' "$work/action.json" || fail "not pending"
+grep -q '"requestor_comment": "cli test"' "$work/action.json" || fail "no comment"
+id="$(sed -n 's/.*"id": "\([^"]*\)".*/\1/p' "$work/action.json" | head -n 1)"
+[ -n "$id" ] || fail "no action id"
+
+# get-action finds it.
+"$ctl" get-action --target "$target" "$id" >"$work/get.json" || fail "get-action failed"
+grep -q "\"id\": \"$id\"" "$work/get.json" || fail "get-action returned another action"
+
+# Invalid input: exit 1, the code and reason on stderr.
+if "$ctl" quarantine --target "$target" --machine nope --sha1 87662bc3d60e4200ceaf7aae249d1c343f4b83c9 \
+     --comment x 2>"$work/err.txt"; then fail "invalid machine accepted"; fi
+grep -q "INVALID_ARGUMENT" "$work/err.txt" || fail "no status code on stderr"
+grep -q "INVALID_MACHINE_ID" "$work/err.txt" || fail "no reason on stderr"
+
+# Usage errors: exit 2.
+set +e
+"$ctl" frobnicate >/dev/null 2>&1; [ $? -eq 2 ] || fail "unknown command did not exit 2"
+set -e
+
+# No secret in the logs.
+if grep -q "sandbox-secret" "$work/plugin.log"; then fail "secret in the plugin's log"; fi
+
+# SIGTERM: the plugin drains and exits 0.
+kill -TERM "$plugin"
+set +e
+wait "$plugin"; code=$?
+set -e
+[ "$code" -eq 0 ] || fail "plugin exited $code on SIGTERM"
+echo "cli_test: ok"
