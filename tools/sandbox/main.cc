@@ -1,1 +1,184 @@
-int main() { return 1; }  // placeholder: being written
+// defender-sandbox: runs the Defender/Entra HTTPS emulator (sandbox.h) as a
+// process, for manual tests and for tests in other languages.
+//
+//   defender-sandbox --listen 127.0.0.1:0 --ca-out /tmp/ca.pem --port-file /tmp/port
+//
+// prints "defender-sandbox listening on https://127.0.0.1:PORT (CA: FILE)" once
+// it accepts connections, then serves until SIGTERM or SIGINT (exit 0). Bad
+// flags exit 2. Secrets and tokens are never printed.
+
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "tools/sandbox/sandbox.h"
+
+namespace {
+
+using defender::sandbox::Sandbox;
+using defender::sandbox::SandboxOptions;
+
+constexpr char kUsage[] =
+    "Usage: defender-sandbox [flags]\n"
+    "An HTTPS emulator of the Defender for Endpoint API and the Entra ID token\n"
+    "endpoint, with fault injection (control endpoints under /sandbox/).\n"
+    "\n"
+    "  --listen HOST:PORT            address to serve on (default 127.0.0.1:8443;\n"
+    "                                port 0 picks a free port)\n"
+    "  --ca-out FILE                 where to write the CA certificate PEM\n"
+    "                                (default ./sandbox-ca.pem)\n"
+    "  --port-file FILE              write the bound port number here once listening\n"
+    "  --tenant-id ID                accepted tenant (default 11111111-1111-1111-1111-111111111111)\n"
+    "  --client-id ID                accepted client (default 22222222-2222-2222-2222-222222222222)\n"
+    "  --client-secret SECRET        accepted secret (default: $SANDBOX_CLIENT_SECRET,\n"
+    "                                else sandbox-secret)\n"
+    "  --token-lifetime-seconds N    token lifetime (default 3600)\n"
+    "  --action-step-ms N            Pending -> InProgress -> Succeeded step (default 2000)\n"
+    "  --help                        show this text\n";
+
+struct Flags {
+  SandboxOptions options;
+  std::string ca_out = "./sandbox-ca.pem";
+  std::string port_file;
+};
+
+// UsageError prints `message` and a hint to stderr and exits 2.
+[[noreturn]] void UsageError(const std::string& message) {
+  std::cerr << "defender-sandbox: " << message << "\nTry --help." << std::endl;
+  std::exit(2);
+}
+
+bool ParseListen(const std::string& value, SandboxOptions* options) {
+  size_t colon = value.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = value.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  int port = 0;
+  if (host.empty() || !absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return false;
+  }
+  options->host = host;
+  options->port = port;
+  return true;
+}
+
+Flags ParseFlags(int argc, char** argv) {
+  Flags flags;
+  if (const char* secret = std::getenv("SANDBOX_CLIENT_SECRET"); secret && *secret) {
+    flags.options.client_secret = secret;
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) UsageError(absl::StrCat("unexpected argument '", arg, "'"));
+    std::string name = arg;
+    std::string value;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    } else {
+      if (i + 1 >= argc) UsageError(absl::StrCat(name, " needs a value"));
+      value = argv[++i];
+    }
+    int64_t number = 0;
+    if (name == "--listen") {
+      if (!ParseListen(value, &flags.options)) {
+        UsageError(absl::StrCat("--listen wants HOST:PORT, got '", value, "'"));
+      }
+    } else if (name == "--ca-out") {
+      if (value.empty()) UsageError("--ca-out is empty");
+      flags.ca_out = value;
+    } else if (name == "--port-file") {
+      flags.port_file = value;
+    } else if (name == "--tenant-id") {
+      flags.options.tenant_id = value;
+    } else if (name == "--client-id") {
+      flags.options.client_id = value;
+    } else if (name == "--client-secret") {
+      flags.options.client_secret = value;
+    } else if (name == "--token-lifetime-seconds") {
+      if (!absl::SimpleAtoi(value, &number) || number < 2) {
+        UsageError("--token-lifetime-seconds wants an integer >= 2");
+      }
+      flags.options.token_lifetime = absl::Seconds(number);
+    } else if (name == "--action-step-ms") {
+      if (!absl::SimpleAtoi(value, &number) || number < 0) {
+        UsageError("--action-step-ms wants an integer >= 0");
+      }
+      flags.options.action_step = absl::Milliseconds(number);
+    } else {
+      UsageError(absl::StrCat("unknown flag ", name));
+    }
+  }
+  return flags;
+}
+
+// WriteFileAtomically writes `content` to a temporary file beside `path` and
+// renames it over `path`, so readers never see a partial file.
+bool WriteFileAtomically(const std::string& path, const std::string& content) {
+  std::string tmp = absl::StrCat(path, ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << content;
+    out.close();
+    if (!out) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Parse flags (exits 2 on errors).
+  Flags flags = ParseFlags(argc, argv);
+
+  // Block SIGTERM/SIGINT before any thread starts, so every server thread
+  // inherits the mask and main alone receives them through sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  // Start the server.
+  absl::StatusOr<std::unique_ptr<Sandbox>> sandbox = Sandbox::Start(flags.options);
+  if (!sandbox.ok()) {
+    std::cerr << "defender-sandbox: " << sandbox.status() << std::endl;
+    return 1;
+  }
+
+  // Publish the CA and the port.
+  if (absl::Status s = (*sandbox)->WriteCaFile(flags.ca_out); !s.ok()) {
+    std::cerr << "defender-sandbox: " << s << std::endl;
+    return 1;
+  }
+  if (!flags.port_file.empty() &&
+      !WriteFileAtomically(flags.port_file, absl::StrCat((*sandbox)->port(), "\n"))) {
+    std::cerr << "defender-sandbox: cannot write " << flags.port_file << std::endl;
+    return 1;
+  }
+  std::cout << "defender-sandbox listening on " << (*sandbox)->base_url() << " (CA: "
+            << flags.ca_out << ")" << std::endl;
+
+  // Serve until SIGTERM or SIGINT.
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  sandbox->reset();
+  return 0;
+}

@@ -1,0 +1,189 @@
+// tools/sandbox/sandbox.h: an HTTPS emulator of Microsoft Defender for Endpoint's
+// API and of the Entra ID (Azure AD) token endpoint, with fault injection.
+//
+// A Sandbox is a real TLS server on 127.0.0.1 (a fresh private CA per instance,
+// see certs.h) that serves, on one port:
+//
+//   POST /{tenant}/oauth2/v2.0/token                   client-credentials tokens
+//   POST /api/machines/{id}/StopAndQuarantineFile      201 + MachineAction
+//   GET  /api/machineactions/{id}                      the action, status by time
+//   GET  /api/machineactions?$filter=...&$top=N        newest first
+//   POST /api/machineactions/{id}/cancel               200 + cancelled action
+//   GET  /api/machines?$filter=computerDnsName eq '..' GET /api/machines/{id}
+//   GET  /api/files/{sha1|sha256}                      GET /api/files/{sha1}/machines
+//
+// plus unauthenticated control endpoints under /sandbox/ (faults, recorded
+// requests, token expiry, reset, health) for tests in other processes.
+// Its base_url() is both the Defender API base and the login authority host.
+//
+// Example (in-process, in a test):
+//
+//   absl::StatusOr<std::unique_ptr<Sandbox>> sandbox = Sandbox::Start({});
+//   ASSERT_TRUE(sandbox.ok()) << sandbox.status();
+//   FaultRule throttle;
+//   throttle.path_regex = "/StopAndQuarantineFile$";
+//   throttle.status = 429;
+//   throttle.retry_after = "1";
+//   (*sandbox)->AddFault(throttle);
+//   ... point the client at (*sandbox)->base_url() trusting (*sandbox)->ca_pem() ...
+//   EXPECT_EQ((*sandbox)->Requests().size(), 3);
+//
+// Threading: every public method may be called from any thread while the server
+// runs. The destructor stops the server; it may wait up to keep_alive_timeout
+// for clients that hold idle keep-alive connections, so destroy clients first.
+
+#ifndef DEFENDER_TOOLS_SANDBOX_SANDBOX_H_
+#define DEFENDER_TOOLS_SANDBOX_SANDBOX_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace defender::sandbox {
+
+// A file every sandbox knows (GET /api/files/{hash} answers 200): the three
+// bytes "abc". Its hashes are the well-known test vectors.
+inline constexpr char kKnownFileSha1[] = "a9993e364706816aba3e25717850c26c9cd0d89d";
+inline constexpr char kKnownFileSha256[] =
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+// A SHA-1 that StopAndQuarantineFile always answers with 404 ResourceNotFound
+// ("Sha1 ... was not found in machine ...").
+inline constexpr char kAbsentSha1[] = "0000000000000000000000000000000000000000";
+
+// The first default machine (Windows 11, "desktop-1.contoso.com").
+inline constexpr char kDefaultMachineId[] = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+
+// Machine is one onboarded device. StopAndQuarantineFile accepts only devices
+// whose os_platform starts with "Windows".
+struct Machine {
+  std::string id;                 // 40 lowercase hex digits
+  std::string computer_dns_name;  // need not be unique
+  std::string os_platform = "Windows11";
+};
+
+// DefaultMachines returns the devices a sandbox has when SandboxOptions.machines
+// is empty: kDefaultMachineId (desktop-1.contoso.com), four more Windows/Linux/
+// macOS devices with distinct names, and two Windows devices that share the name
+// "dup.contoso.com" (for ambiguity tests).
+std::vector<Machine> DefaultMachines();
+
+// SandboxOptions configures Sandbox::Start.
+struct SandboxOptions {
+  std::string host = "127.0.0.1";  // address to listen on; also the certificate's SAN
+  int port = 0;                    // 0 = pick a free port
+  std::string tenant_id = "11111111-1111-1111-1111-111111111111";
+  std::string client_id = "22222222-2222-2222-2222-222222222222";
+  std::string client_secret = "sandbox-secret";
+  // Tokens are valid this long; the token answer says expires_in = seconds - 1.
+  absl::Duration token_lifetime = absl::Hours(1);
+  // An action is Pending for one step, InProgress for the next, then Succeeded.
+  absl::Duration action_step = absl::Seconds(2);
+  std::vector<Machine> machines;  // empty = DefaultMachines()
+  int threads = 32;               // server worker threads (one per open connection)
+  // How long an idle keep-alive connection is kept open (it holds a worker
+  // thread meanwhile, and delays the destructor). Whole seconds, at least 1.
+  absl::Duration keep_alive_timeout = absl::Seconds(2);
+};
+
+// RecordedRequest is one request as the sandbox received it.
+struct RecordedRequest {
+  std::string method;
+  std::string path;    // URL-decoded, without the query
+  std::string target;  // path + query exactly as received
+  std::multimap<std::string, std::string> headers;  // names as the client spelled them
+  std::string body;
+
+  // Header returns the first value of header `name` (compared case-
+  // insensitively), or "" when there is none.
+  std::string Header(absl::string_view name) const;
+};
+
+// FaultRule changes how the sandbox answers matching requests. Rules are tried
+// in the order they were added, for every request except /sandbox/* control
+// calls (token requests included); the first rule that matches and has hits
+// left applies, and uses up one hit.
+struct FaultRule {
+  std::string method;      // "" = any; else compared exactly ("POST")
+  std::string path_regex;  // std::regex_search on the decoded path; "" = any.
+                           // An invalid regex matches nothing (reported on stderr).
+  int times = 1;           // matching requests it applies to; -1 = forever
+  int status = 0;          // kRespond: answer this status, skipping the real handler
+                           // (0 = run the real handler). kMalformedBody/kSlowBody:
+                           // if not 0, replaces the real handler's status.
+  std::string body;        // body for `status`; "" = a Defender-style error JSON
+                           // {"error":{"code":..,"message":..,"target":<guid>}}
+  std::string retry_after;  // if not empty, a Retry-After header with this value
+  // kRespond, kDropConnection, kMalformedBody, kOversizeBody: wait this long
+  // before answering. kSlowBody: the pause between body chunks.
+  absl::Duration delay = absl::ZeroDuration();
+  enum class Kind {
+    kRespond,         // status/body/retry_after/delay as above
+    kDropConnection,  // read the request, then close the TCP connection without
+                      // answering; the real handler does NOT run
+    kMalformedBody,   // run the real handler, replace its body with invalid JSON
+    kSlowBody,        // run the real handler, send its body 8 bytes at a time
+    kOversizeBody,    // answer 200 with a 16 MiB JSON object (real handler skipped)
+  } kind = Kind::kRespond;
+};
+
+// Sandbox is a running server. Create with Start; destroy to stop.
+class Sandbox {
+ public:
+  // Start generates certificates, binds host:port and returns once the server
+  // accepts connections. INVALID_ARGUMENT for bad options, UNAVAILABLE when the
+  // address cannot be bound, INTERNAL for TLS setup failures.
+  static absl::StatusOr<std::unique_ptr<Sandbox>> Start(SandboxOptions options);
+
+  Sandbox(const Sandbox&) = delete;
+  Sandbox& operator=(const Sandbox&) = delete;
+  // Stops the server: in-flight fault delays are cut short, then it waits for
+  // the worker threads.
+  ~Sandbox();
+
+  // port returns the bound TCP port.
+  int port() const;
+  // base_url returns "https://HOST:PORT" (IPv6 hosts in brackets), both the
+  // Defender API base and the login authority host.
+  std::string base_url() const;
+  // ca_pem returns the PEM of the CA that signed the server certificate.
+  const std::string& ca_pem() const;
+  // WriteCaFile writes ca_pem() to `path` (replacing it).
+  absl::Status WriteCaFile(const std::string& path) const;
+
+  // AddFault appends a rule; ClearFaults removes all of them.
+  void AddFault(FaultRule rule);
+  void ClearFaults();
+
+  // Requests returns every request received so far except /sandbox/* control
+  // calls, in arrival order, recorded before faults apply (so dropped ones are
+  // included). ClearRequests forgets them.
+  std::vector<RecordedRequest> Requests() const;
+  void ClearRequests();
+
+  // ExpireAllTokens makes every token issued so far invalid: API calls bearing
+  // one answer 401 Unauthorized. Tokens issued afterwards work.
+  void ExpireAllTokens();
+  // TokenRequests returns how many requests reached the token endpoint (also
+  // failed ones and ones a fault answered) since Start or Reset.
+  int TokenRequests() const;
+
+  // Reset clears faults, recorded requests, machine actions, issued tokens and
+  // the token request count.
+  void Reset();
+
+ private:
+  class Impl;
+  explicit Sandbox(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace defender::sandbox
+
+#endif  // DEFENDER_TOOLS_SANDBOX_SANDBOX_H_
