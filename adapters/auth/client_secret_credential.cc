@@ -173,7 +173,7 @@ absl::Status Rejected(const http::HttpResponse& response) {
   const std::string short_description = ShortDescription(description);
   if (!short_description.empty()) absl::StrAppend(&message, ": ", short_description);
   const std::string hint = HintFor(code);
-  if (!hint.empty()) absl::StrAppend(&message, " (", hint, ")");
+  if (!hint.empty()) absl::StrAppend(&message, " Hint: ", hint, ".");
 
   std::map<std::string, std::string> metadata = {{"http_status", absl::StrCat(response.status)}};
   if (!code.empty()) metadata["aadsts_code"] = code;

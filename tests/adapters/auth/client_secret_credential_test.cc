@@ -1,1 +1,478 @@
-// placeholder: being written
+#include "adapters/auth/client_secret_credential.h"
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "adapters/common/clock.h"
+#include "adapters/common/error.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/adapters/fake_transport.h"
+
+namespace defender::auth {
+namespace {
+
+using ::defender::testing::FakeTransport;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::Pair;
+using ::testing::UnorderedElementsAre;
+
+constexpr char kTenant[] = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+constexpr char kClientId[] = "11111111-2222-3333-4444-555555555555";
+constexpr char kSecret[] = "s3cr3t~Value.With-Chars_0123456789abcdef";
+constexpr char kScope[] = "https://api.securitycenter.microsoft.com/.default";
+constexpr char kToken[] = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature";
+
+// ScopeContext asks for `scopes`.
+TokenRequestContext ScopeContext(std::vector<std::string> scopes = {kScope}) {
+  TokenRequestContext context;
+  context.scopes = std::move(scopes);
+  return context;
+}
+
+// PercentDecode undoes application/x-www-form-urlencoded escaping.
+std::string PercentDecode(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out.push_back(' ');
+    } else if (text[i] == '%' && i + 2 < text.size()) {
+      int value = 0;
+      EXPECT_TRUE(absl::SimpleHexAtoi(text.substr(i + 1, 2), &value)) << text;
+      out.push_back(static_cast<char>(value));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+// DecodeForm splits a form body into its fields.
+std::map<std::string, std::string> DecodeForm(const std::string& body) {
+  std::map<std::string, std::string> fields;
+  for (absl::string_view pair : absl::StrSplit(body, '&')) {
+    std::vector<std::string> kv = absl::StrSplit(pair, absl::MaxSplits('=', 1));
+    EXPECT_EQ(kv.size(), 2u) << body;
+    if (kv.size() != 2) continue;
+    EXPECT_TRUE(fields.emplace(PercentDecode(kv[0]), PercentDecode(kv[1])).second)
+        << "duplicate field " << kv[0];
+  }
+  return fields;
+}
+
+class ClientSecretCredentialTest : public ::testing::Test {
+ protected:
+  ClientSecretCredentialOptions Options() const {
+    ClientSecretCredentialOptions options;
+    options.tenant_id = kTenant;
+    options.client_id = kClientId;
+    options.client_secret = kSecret;
+    return options;
+  }
+
+  std::unique_ptr<ClientSecretCredential> Make(ClientSecretCredentialOptions options) {
+    auto credential = ClientSecretCredential::Create(std::move(options), transport_, clock_);
+    EXPECT_TRUE(credential.ok()) << credential.status();
+    return credential.ok() ? *std::move(credential) : nullptr;
+  }
+
+  // Get asks `credential` for a token; FakeTransport answers inside Send.
+  absl::StatusOr<AccessToken> Get(TokenCredential& credential,
+                                  TokenRequestContext context = ScopeContext()) {
+    std::optional<absl::StatusOr<AccessToken>> result;
+    credential.GetToken(context, [&result](absl::StatusOr<AccessToken> token) {
+      EXPECT_FALSE(result.has_value()) << "callback called twice";
+      result = std::move(token);
+    });
+    EXPECT_TRUE(result.has_value()) << "callback not called";
+    return result.value_or(absl::InternalError("no callback"));
+  }
+
+  absl::StatusOr<AccessToken> GetWithAnswer(int status, std::string body,
+                                            std::vector<http::Header> headers = {}) {
+    transport_.Enqueue(status, std::move(body), std::move(headers));
+    auto credential = Make(Options());
+    return Get(*credential);
+  }
+
+  FakeTransport transport_;
+  FakeClock clock_;
+};
+
+// ExpectNoSecrets checks that neither the secret nor the token shows in the
+// message or the ErrorInfo of `status`.
+void ExpectNoSecrets(const absl::Status& status) {
+  const std::string message(status.message());
+  EXPECT_THAT(message, Not(HasSubstr(kSecret)));
+  EXPECT_THAT(message, Not(HasSubstr(kToken)));
+  auto info = GetErrorInfo(status);
+  if (!info) return;
+  for (const auto& [key, value] : info->metadata()) {
+    EXPECT_THAT(value, Not(HasSubstr(kSecret))) << key;
+    EXPECT_THAT(value, Not(HasSubstr(kToken))) << key;
+  }
+}
+
+TEST_F(ClientSecretCredentialTest, SendsTheExactRequest) {
+  transport_.Enqueue(200, R"({"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,
+                              "access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature"})");
+  auto credential = Make(Options());
+  TokenRequestContext context = ScopeContext();
+  context.deadline = absl::FromUnixSeconds(1700000030);
+  ASSERT_TRUE(Get(*credential, context).ok());
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "POST");
+  EXPECT_EQ(request.url, absl::StrCat("https://login.microsoftonline.com/", kTenant,
+                                      "/oauth2/v2.0/token"));
+  EXPECT_EQ(request.url, credential->TokenUrl());
+  EXPECT_THAT(request.headers,
+              UnorderedElementsAre(Pair("Content-Type", "application/x-www-form-urlencoded"),
+                                   Pair("Accept", "application/json")));
+  EXPECT_THAT(DecodeForm(request.body),
+              UnorderedElementsAre(Pair("grant_type", "client_credentials"),
+                                   Pair("client_id", kClientId), Pair("client_secret", kSecret),
+                                   Pair("scope", kScope)));
+  EXPECT_EQ(request.deadline, absl::FromUnixSeconds(1700000030));
+}
+
+TEST_F(ClientSecretCredentialTest, EscapesTheSecretInTheFormBody) {
+  transport_.Enqueue(200, R"({"access_token":"t","expires_in":3599})");
+  ClientSecretCredentialOptions options = Options();
+  options.client_secret = "a&b+c=d e%f";
+  auto credential = Make(options);
+  ASSERT_TRUE(Get(*credential).ok());
+
+  const std::string body = transport_.requests()[0].body;
+  EXPECT_THAT(body, HasSubstr("client_secret=a%26b%2Bc%3Dd%20e%25f"));
+  EXPECT_THAT(body, Not(HasSubstr("a&b")));
+  EXPECT_EQ(DecodeForm(body).at("client_secret"), "a&b+c=d e%f");
+}
+
+TEST_F(ClientSecretCredentialTest, JoinsScopesWithSpaces) {
+  transport_.Enqueue(200, R"({"access_token":"t","expires_in":3599})");
+  auto credential = Make(Options());
+  ASSERT_TRUE(Get(*credential, ScopeContext({"https://a.example/.default", "https://b.example/.default"})).ok());
+  EXPECT_EQ(DecodeForm(transport_.requests()[0].body).at("scope"),
+            "https://a.example/.default https://b.example/.default");
+}
+
+TEST_F(ClientSecretCredentialTest, TokenUrlUsesTheAuthorityWithoutTrailingSlash) {
+  ClientSecretCredentialOptions options = Options();
+  options.authority_host = "https://login.microsoftonline.us/";
+  options.tenant_id = "contoso.onmicrosoft.us";
+  auto credential = Make(options);
+  EXPECT_EQ(credential->TokenUrl(),
+            "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token");
+  EXPECT_EQ(credential->Name(), "ClientSecretCredential");
+}
+
+TEST_F(ClientSecretCredentialTest, NumericExpiresIn) {
+  auto token = GetWithAnswer(200, R"({"token_type":"Bearer","expires_in":3599,
+                                     "access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature"})");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->token, kToken);
+  EXPECT_EQ(token->expires_on, clock_.Now() + absl::Seconds(3599));
+}
+
+TEST_F(ClientSecretCredentialTest, StringExpiresIn) {
+  auto token = GetWithAnswer(200, R"({"access_token":"abc","expires_in":"3600"})");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->token, "abc");
+  EXPECT_EQ(token->expires_on, clock_.Now() + absl::Seconds(3600));
+}
+
+TEST_F(ClientSecretCredentialTest, ExpiresOnWhenExpiresInIsMissing) {
+  auto token = GetWithAnswer(200, R"({"access_token":"abc","expires_on":"1700003600"})");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->expires_on, absl::FromUnixSeconds(1700003600));
+
+  token = GetWithAnswer(200, R"({"access_token":"abc","expires_on":1700007200})");
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->expires_on, absl::FromUnixSeconds(1700007200));
+}
+
+TEST_F(ClientSecretCredentialTest, ExpiryIsDatedFromWhenTheRequestWasSent) {
+  // A transport that answers later: the clock moves while the request runs.
+  class LateTransport final : public http::HttpTransport {
+   public:
+    void Send(http::HttpRequest request, Callback done) override { held = std::move(done); }
+    Callback held;
+  } late;
+  auto credential = ClientSecretCredential::Create(Options(), late, clock_);
+  ASSERT_TRUE(credential.ok());
+  const absl::Time sent = clock_.Now();
+  std::optional<absl::StatusOr<AccessToken>> result;
+  (*credential)->GetToken(ScopeContext(), [&](absl::StatusOr<AccessToken> t) { result = std::move(t); });
+  EXPECT_FALSE(result.has_value());
+  clock_.Advance(absl::Seconds(5));
+  http::HttpResponse response;
+  response.status = 200;
+  response.body = R"({"access_token":"abc","expires_in":3599})";
+  // The credential may be gone by the time the transport answers.
+  credential->reset();
+  std::move(late.held)(response);
+  ASSERT_TRUE(result.has_value());
+  ASSERT_TRUE(result->ok()) << result->status();
+  EXPECT_EQ((*result)->expires_on, sent + absl::Seconds(3599));
+}
+
+TEST_F(ClientSecretCredentialTest, InvalidClientSecretCarriesCodeAndCorrelationId) {
+  auto token = GetWithAnswer(401, R"({
+      "error": "invalid_client",
+      "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '11111111-2222-3333-4444-555555555555'.\r\nTrace ID: 0b5e4f1c-aaaa-bbbb-cccc-0123456789ab\r\nCorrelation ID: 1234abcd-0000-1111-2222-333344445555\r\nTimestamp: 2024-01-01 00:00:00Z",
+      "error_codes": [7000215],
+      "timestamp": "2024-01-01 00:00:00Z",
+      "trace_id": "0b5e4f1c-aaaa-bbbb-cccc-0123456789ab",
+      "correlation_id": "1234abcd-0000-1111-2222-333344445555",
+      "error_uri": "https://login.microsoftonline.com/error?code=7000215"})");
+  ASSERT_FALSE(token.ok());
+  const absl::Status& status = token.status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(status.message(), HasSubstr("token request rejected by Entra ID: AADSTS7000215 "
+                                          "(invalid_client); correlation id "
+                                          "1234abcd-0000-1111-2222-333344445555"));
+  EXPECT_THAT(status.message(), HasSubstr("Invalid client secret provided"));
+  EXPECT_THAT(status.message(), HasSubstr("AZURE_CLIENT_SECRET"));
+  EXPECT_THAT(status.message(), Not(HasSubstr("Timestamp")));
+  EXPECT_THAT(status.message(), Not(HasSubstr("\n")));
+  EXPECT_EQ(ErrorReason(status), "TOKEN_REQUEST_REJECTED");
+  auto info = GetErrorInfo(status);
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->domain(), kErrorDomain);
+  EXPECT_THAT(info->metadata(),
+              UnorderedElementsAre(Pair("aadsts_code", "AADSTS7000215"),
+                                   Pair("error", "invalid_client"),
+                                   Pair("correlation_id", "1234abcd-0000-1111-2222-333344445555"),
+                                   Pair("trace_id", "0b5e4f1c-aaaa-bbbb-cccc-0123456789ab"),
+                                   Pair("http_status", "401")));
+  ExpectNoSecrets(status);
+}
+
+TEST_F(ClientSecretCredentialTest, AadstsCodeFromDescriptionWhenErrorCodesAreMissing) {
+  auto token = GetWithAnswer(400, R"({"error":"invalid_request",
+      "error_description":"AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
+      "correlation_id":"c-1"})");
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(token.status().message(),
+              HasSubstr("AADSTS900144 (invalid_request); correlation id c-1: The request body"));
+  EXPECT_EQ(GetErrorInfo(token.status())->metadata().at("aadsts_code"), "AADSTS900144");
+  EXPECT_EQ(GetErrorInfo(token.status())->metadata().at("http_status"), "400");
+}
+
+TEST_F(ClientSecretCredentialTest, TenantNotFoundHintsAtCloudAndTenant) {
+  auto token = GetWithAnswer(400, R"({"error":"invalid_request",
+      "error_description":"AADSTS90002: Tenant 'x' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.",
+      "error_codes":[90002],"correlation_id":"c-2","trace_id":"t-2"})");
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(token.status().message(), HasSubstr("AADSTS90002"));
+  EXPECT_THAT(token.status().message(), HasSubstr("AZURE_TENANT_ID"));
+  EXPECT_THAT(token.status().message(), HasSubstr("DEFENDER_REGION"));
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_REQUEST_REJECTED");
+}
+
+TEST_F(ClientSecretCredentialTest, AppNotFoundHintsAtConsent) {
+  auto token = GetWithAnswer(400, R"({"error":"unauthorized_client",
+      "error_description":"AADSTS700016: Application with identifier 'x' was not found in the directory 'y'.",
+      "error_codes":[700016],"correlation_id":"c-3"})");
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(token.status().message(), HasSubstr("AADSTS700016 (unauthorized_client)"));
+  EXPECT_THAT(token.status().message(), HasSubstr("AZURE_CLIENT_ID"));
+  EXPECT_THAT(token.status().message(), HasSubstr("consented"));
+}
+
+TEST_F(ClientSecretCredentialTest, InvalidScopeHintsAtScope) {
+  for (int code : {70011, 1002012}) {
+    auto token = GetWithAnswer(
+        400, absl::StrCat(R"({"error":"invalid_scope","error_description":"AADSTS)", code,
+                          R"(: The provided value for the input parameter 'scope' is not valid.",
+                             "error_codes":[)", code, "]}"));
+    ASSERT_FALSE(token.ok());
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+    EXPECT_THAT(token.status().message(), HasSubstr(absl::StrCat("AADSTS", code)));
+    EXPECT_THAT(token.status().message(), HasSubstr("DEFENDER_SCOPE"));
+  }
+}
+
+TEST_F(ClientSecretCredentialTest, RejectionWithoutBody) {
+  auto token = GetWithAnswer(401, "");
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(token.status().message(), HasSubstr("HTTP 401"));
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_REQUEST_REJECTED");
+  EXPECT_EQ(GetErrorInfo(token.status())->metadata().at("http_status"), "401");
+}
+
+TEST_F(ClientSecretCredentialTest, ThrottledCarriesRetryInfo) {
+  auto token = GetWithAnswer(429, "", {{"retry-after", "30"}});
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_ENDPOINT_THROTTLED");
+  auto delay = GetRetryDelay(token.status());
+  ASSERT_TRUE(delay.has_value());
+  EXPECT_EQ(*delay, absl::Seconds(30));
+}
+
+TEST_F(ClientSecretCredentialTest, ThrottledWithHttpDateRetryAfter) {
+  // FakeClock starts at 1700000000 = Tue, 14 Nov 2023 22:13:20 GMT.
+  auto token = GetWithAnswer(429, "", {{"Retry-After", "Tue, 14 Nov 2023 22:14:00 GMT"}});
+  ASSERT_FALSE(token.ok());
+  auto delay = GetRetryDelay(token.status());
+  ASSERT_TRUE(delay.has_value());
+  EXPECT_EQ(*delay, absl::Seconds(40));
+}
+
+TEST_F(ClientSecretCredentialTest, ThrottledWithoutRetryAfterHasNoRetryInfo) {
+  auto token = GetWithAnswer(429, "");
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(GetRetryDelay(token.status()).has_value());
+}
+
+TEST_F(ClientSecretCredentialTest, ServerErrorsAreUnavailable) {
+  for (int status : {500, 502, 503, 504}) {
+    auto token = GetWithAnswer(status, "<html>oops</html>");
+    ASSERT_FALSE(token.ok());
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_EQ(ErrorReason(token.status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+    EXPECT_EQ(GetErrorInfo(token.status())->metadata().at("http_status"), absl::StrCat(status));
+  }
+}
+
+TEST_F(ClientSecretCredentialTest, OtherStatusesAreUnavailable) {
+  for (int status : {302, 403, 404}) {
+    auto token = GetWithAnswer(status, "");
+    ASSERT_FALSE(token.ok());
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_THAT(token.status().message(), HasSubstr(absl::StrCat("HTTP ", status)));
+  }
+}
+
+TEST_F(ClientSecretCredentialTest, UnreadableSuccessIsInternal) {
+  for (const char* body : {"not json", "[1,2]", R"({"expires_in":3599})",
+                           R"({"access_token":42,"expires_in":3599})",
+                           R"({"access_token":"","expires_in":3599})",
+                           R"({"access_token":"abc"})",
+                           R"({"access_token":"abc","expires_in":"soon"})",
+                           R"({"access_token":"abc","expires_in":-5})"}) {
+    auto token = GetWithAnswer(200, body);
+    ASSERT_FALSE(token.ok()) << body;
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kInternal) << body;
+    EXPECT_EQ(ErrorReason(token.status()), "BAD_TOKEN_RESPONSE") << body;
+  }
+}
+
+TEST_F(ClientSecretCredentialTest, TransportErrorsPassThroughPrefixed) {
+  transport_.EnqueueError(MakeError(absl::StatusCode::kDeadlineExceeded, "timed out after 30s",
+                                    "UPSTREAM_TIMEOUT", {{"request_sent", "true"}}));
+  auto credential = Make(Options());
+  auto token = Get(*credential);
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(token.status().message(), "token request: timed out after 30s");
+  EXPECT_EQ(ErrorReason(token.status()), "UPSTREAM_TIMEOUT");
+  EXPECT_EQ(GetErrorInfo(token.status())->metadata().at("request_sent"), "true");
+}
+
+TEST_F(ClientSecretCredentialTest, NoScopeIsInvalidArgument) {
+  auto credential = Make(Options());
+  auto token = Get(*credential, TokenRequestContext{});
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(transport_.requests().empty());
+}
+
+TEST_F(ClientSecretCredentialTest, SecretAndTokenNeverAppearInErrors) {
+  const std::string secret = kSecret;
+  const std::string token = kToken;
+  const std::vector<std::pair<int, std::string>> answers = {
+      // A (hypothetical) endpoint echoing what it got, in every field we read.
+      {401, R"({"error":")" + secret + R"(","error_description":"AADSTS7000215: bad secret )" +
+                secret + R"(","correlation_id":")" + secret + R"(","trace_id":")" + secret +
+                R"(","access_token":")" + token + R"("})"},
+      {400, "client_secret=" + secret},
+      {200, R"({"access_token":")" + token + R"("})"},
+      {200, R"({"access_token":")" + token + R"(","expires_in":"never"})"},
+      {200, "access_token=" + token},
+      {429, secret},
+      {503, token},
+      {404, secret + token},
+  };
+  for (const auto& [status, body] : answers) {
+    auto result = GetWithAnswer(status, body);
+    ASSERT_FALSE(result.ok()) << status;
+    ExpectNoSecrets(result.status());
+  }
+  transport_.EnqueueError(absl::UnavailableError("connection to host failed: " + secret));
+  auto credential = Make(Options());
+  auto result = Get(*credential);
+  ASSERT_FALSE(result.ok());
+  ExpectNoSecrets(result.status());
+  EXPECT_THAT(result.status().message(), HasSubstr("[redacted]"));
+}
+
+TEST_F(ClientSecretCredentialTest, CreateRejectsBadOptionsWithoutEchoingTheSecret) {
+  struct Case {
+    std::string setting;
+    ClientSecretCredentialOptions options;
+  };
+  std::vector<Case> cases;
+  auto add = [&](std::string setting, auto change) {
+    ClientSecretCredentialOptions options = Options();
+    change(options);
+    cases.push_back({std::move(setting), std::move(options)});
+  };
+  add("AZURE_AUTHORITY_HOST", [](auto& o) { o.authority_host = "http://login.microsoftonline.com"; });
+  add("AZURE_AUTHORITY_HOST", [](auto& o) { o.authority_host = "login.microsoftonline.com"; });
+  add("AZURE_AUTHORITY_HOST", [](auto& o) { o.authority_host = "https://login.microsoftonline.com?x"; });
+  add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = ""; });
+  add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = "contoso/../evil"; });
+  add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = "tenant id"; });
+  add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = "t?x=1"; });
+  add("AZURE_CLIENT_ID", [](auto& o) { o.client_id = ""; });
+  add("AZURE_CLIENT_SECRET", [](auto& o) { o.client_secret = ""; });
+  for (Case& c : cases) {
+    auto credential = ClientSecretCredential::Create(c.options, transport_, clock_);
+    ASSERT_FALSE(credential.ok()) << c.setting;
+    EXPECT_EQ(credential.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(credential.status().message(), HasSubstr(c.setting));
+    EXPECT_EQ(ErrorReason(credential.status()), "INVALID_CONFIGURATION");
+    ExpectNoSecrets(credential.status());
+  }
+}
+
+TEST_F(ClientSecretCredentialTest, CreateAcceptsGuidAndDomainTenants) {
+  for (const char* tenant : {kTenant, "contoso.onmicrosoft.com", "my-tenant.example.org"}) {
+    ClientSecretCredentialOptions options = Options();
+    options.tenant_id = tenant;
+    EXPECT_TRUE(ClientSecretCredential::Create(options, transport_, clock_).ok()) << tenant;
+  }
+}
+
+TEST(ClientSecretParseTest, ParsesWithoutACredential) {
+  http::HttpResponse response;
+  response.status = 200;
+  response.body = R"({"access_token":"x","expires_in":60.5,"unknown":{"nested":null}})";
+  const absl::Time now = absl::FromUnixSeconds(1000);
+  auto token = ParseTokenResponse(response, now);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->token, "x");
+  EXPECT_EQ(token->expires_on, now + absl::Milliseconds(60500));
+}
+
+}  // namespace
+}  // namespace defender::auth
