@@ -1,1 +1,816 @@
-// placeholder: being written
+#include "adapters/defender/rest_defender_client.h"
+
+#include <map>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/civil_time.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "adapters/common/error.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/adapters/fake_transport.h"
+
+namespace defender::api {
+namespace {
+
+using ::defender::testing::FakeTransport;
+using json = nlohmann::json;
+
+constexpr char kBaseUrl[] = "https://api.example.test";
+constexpr char kScope[] = "https://api.securitycenter.microsoft.com/.default";
+constexpr char kMachineId[] = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+constexpr char kSha1[] = "87662bc3d60e4200ceaf7aae249d1c343f4b83c9";
+constexpr char kActionId[] = "141408d1-384c-4c19-8b57-ba39e378011a";
+constexpr char kActionJson[] = R"({
+  "id": "141408d1-384c-4c19-8b57-ba39e378011a", "type": "StopAndQuarantineFile",
+  "status": "Pending", "machineId": "1e5bc9d7e413ddd7902c2932e418702b84d0cc07",
+  "relatedFileInfo": {"fileIdentifier": "87662bc3d60e4200ceaf7aae249d1c343f4b83c9",
+                      "fileIdentifierType": "Sha1"}
+})";
+
+// FakeCredential hands out "<prefix>1", "<prefix>2", ... (or queued errors)
+// and records every request context. With `defer`, answers wait until
+// RunPending() instead of coming inside GetToken.
+class FakeCredential final : public auth::TokenCredential {
+ public:
+  explicit FakeCredential(std::string prefix = "t", bool defer = false)
+      : prefix_(std::move(prefix)), defer_(defer) {}
+
+  // FailCall makes the `n`th GetToken (counting from 1) answer `error`.
+  void FailCall(int n, absl::Status error) {
+    absl::MutexLock lock(&mu_);
+    errors_[n] = std::move(error);
+  }
+
+  void GetToken(const auth::TokenRequestContext& context, Callback done) override {
+    absl::StatusOr<auth::AccessToken> answer;
+    {
+      absl::MutexLock lock(&mu_);
+      contexts_.push_back(context);
+      auto error = errors_.find(static_cast<int>(contexts_.size()));
+      if (error != errors_.end()) {
+        answer = error->second;
+      } else {
+        answer = auth::AccessToken{absl::StrCat(prefix_, ++issued_), absl::InfiniteFuture()};
+      }
+      if (defer_) {
+        pending_.push_back([done = std::move(done), answer = std::move(answer)]() mutable {
+          std::move(done)(std::move(answer));
+        });
+        return;
+      }
+    }
+    std::move(done)(std::move(answer));
+  }
+
+  std::string Name() const override { return "FakeCredential"; }
+
+  // RunPending answers the deferred requests; returns how many it answered.
+  int RunPending() {
+    std::vector<absl::AnyInvocable<void() &&>> pending;
+    {
+      absl::MutexLock lock(&mu_);
+      pending.swap(pending_);
+    }
+    for (auto& answer : pending) std::move(answer)();
+    return static_cast<int>(pending.size());
+  }
+
+  std::vector<auth::TokenRequestContext> contexts() const {
+    absl::MutexLock lock(&mu_);
+    return contexts_;
+  }
+
+ private:
+  const std::string prefix_;
+  const bool defer_;
+  mutable absl::Mutex mu_;
+  int issued_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<int, absl::Status> errors_ ABSL_GUARDED_BY(mu_);
+  std::vector<auth::TokenRequestContext> contexts_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::AnyInvocable<void() &&>> pending_ ABSL_GUARDED_BY(mu_);
+};
+
+// DeferredTransport wraps FakeTransport but answers only on RunPending(), as
+// the real transport answers later on its own thread.
+class DeferredTransport final : public http::HttpTransport {
+ public:
+  FakeTransport& answers() { return fake_; }
+
+  void Send(http::HttpRequest request, Callback done) override {
+    absl::MutexLock lock(&mu_);
+    pending_.emplace_back(std::move(request), std::move(done));
+  }
+
+  int RunPending() {
+    std::vector<std::pair<http::HttpRequest, Callback>> pending;
+    {
+      absl::MutexLock lock(&mu_);
+      pending.swap(pending_);
+    }
+    for (auto& [request, done] : pending) fake_.Send(std::move(request), std::move(done));
+    return static_cast<int>(pending.size());
+  }
+
+ private:
+  FakeTransport fake_;
+  absl::Mutex mu_;
+  std::vector<std::pair<http::HttpRequest, Callback>> pending_ ABSL_GUARDED_BY(mu_);
+};
+
+// HeaderValues returns every value of header `name` in `request`.
+std::vector<std::string> HeaderValues(const http::HttpRequest& request, const std::string& name) {
+  std::vector<std::string> values;
+  for (const auto& [key, value] : request.headers) {
+    if (key == name) values.push_back(value);
+  }
+  return values;
+}
+
+// Metadata returns ErrorInfo metadata `key` of `status`, or "<absent>".
+std::string Metadata(const absl::Status& status, const std::string& key) {
+  std::optional<google::rpc::ErrorInfo> info = GetErrorInfo(status);
+  if (!info) return "<no ErrorInfo>";
+  auto it = info->metadata().find(key);
+  return it == info->metadata().end() ? "<absent>" : it->second;
+}
+
+// ExpectNoSecret checks that `secret` is in neither the message nor the
+// metadata of `status`.
+void ExpectNoSecret(const absl::Status& status, const std::string& secret) {
+  EXPECT_FALSE(absl::StrContains(status.message(), secret)) << status;
+  std::optional<google::rpc::ErrorInfo> info = GetErrorInfo(status);
+  if (!info) return;
+  for (const auto& [key, value] : info->metadata()) {
+    EXPECT_FALSE(absl::StrContains(value, secret)) << key << "=" << value;
+  }
+}
+
+class RestDefenderClientTest : public ::testing::Test {
+ protected:
+  RestDefenderClientTest() : client_({kBaseUrl, kScope}, credential_, transport_) {}
+
+  // Quarantine runs StopAndQuarantineFile; the fakes answer inline.
+  absl::StatusOr<MachineAction> Quarantine(std::string comment = "Stop it",
+                                           std::string machine_id = kMachineId) {
+    std::optional<absl::StatusOr<MachineAction>> result;
+    int calls = 0;
+    client_.StopAndQuarantineFile({machine_id, kSha1, std::move(comment)}, deadline_,
+                                  [&](absl::StatusOr<MachineAction> action) {
+                                    ++calls;
+                                    result = std::move(action);
+                                  });
+    EXPECT_EQ(calls, 1);
+    if (!result) return absl::InternalError("no callback");
+    return *std::move(result);
+  }
+
+  // GetAction runs GetMachineAction; the fakes answer inline.
+  absl::StatusOr<MachineAction> GetAction(const std::string& id) {
+    std::optional<absl::StatusOr<MachineAction>> result;
+    int calls = 0;
+    client_.GetMachineAction(id, deadline_, [&](absl::StatusOr<MachineAction> action) {
+      ++calls;
+      result = std::move(action);
+    });
+    EXPECT_EQ(calls, 1);
+    if (!result) return absl::InternalError("no callback");
+    return *std::move(result);
+  }
+
+  const absl::Time deadline_ = absl::FromUnixSeconds(1900000000);
+  FakeCredential credential_;
+  FakeTransport transport_;
+  RestDefenderClient client_;
+};
+
+TEST_F(RestDefenderClientTest, PostsToStopAndQuarantineFile) {
+  transport_.Enqueue(201, kActionJson);
+  absl::StatusOr<MachineAction> action = Quarantine("Stop and quarantine file due to alert 44");
+  ASSERT_TRUE(action.ok()) << action.status();
+  EXPECT_EQ(action->id, kActionId);
+  EXPECT_EQ(action->status, "Pending");
+  EXPECT_EQ(action->file_identifier, kSha1);
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "POST");
+  EXPECT_EQ(request.url, "https://api.example.test/api/machines/"
+                         "1e5bc9d7e413ddd7902c2932e418702b84d0cc07/StopAndQuarantineFile");
+  EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
+  EXPECT_EQ(HeaderValues(request, "Accept"), std::vector<std::string>{"application/json"});
+  EXPECT_EQ(HeaderValues(request, "Content-Type"), std::vector<std::string>{"application/json"});
+  EXPECT_EQ(request.deadline, deadline_);
+  EXPECT_EQ(json::parse(request.body),
+            json({{"Comment", "Stop and quarantine file due to alert 44"}, {"Sha1", kSha1}}));
+  EXPECT_EQ(request.body,
+            R"({"Comment":"Stop and quarantine file due to alert 44",)"
+            R"("Sha1":"87662bc3d60e4200ceaf7aae249d1c343f4b83c9"})");
+
+  ASSERT_EQ(credential_.contexts().size(), 1u);
+  const auth::TokenRequestContext context = credential_.contexts()[0];
+  EXPECT_EQ(context.scopes, std::vector<std::string>{kScope});
+  EXPECT_EQ(context.deadline, deadline_);
+  EXPECT_EQ(context.rejected_token, "");
+}
+
+TEST_F(RestDefenderClientTest, CommentGoesOutByteForByte) {
+  transport_.Enqueue(201, kActionJson);
+  const std::string comment = "He said \"stop\" \\ now\nline 2\ttab Ünïcødé ✓ / <b>&'";
+  ASSERT_TRUE(Quarantine(comment).ok());
+  const std::string body = transport_.requests()[0].body;
+  EXPECT_EQ(body,
+            "{\"Comment\":\"He said \\\"stop\\\" \\\\ now\\nline 2\\ttab Ünïcødé ✓ / <b>&'\","
+            "\"Sha1\":\"87662bc3d60e4200ceaf7aae249d1c343f4b83c9\"}");
+  EXPECT_EQ(json::parse(body)["Comment"], comment);
+}
+
+TEST_F(RestDefenderClientTest, ControlCharactersAreEscaped) {
+  transport_.Enqueue(201, kActionJson);
+  const std::string comment = std::string("a\x01") + "b\x7f" + std::string(1, '\0') + "c";
+  ASSERT_TRUE(Quarantine(comment).ok());
+  const std::string body = transport_.requests()[0].body;
+  EXPECT_TRUE(absl::StrContains(body, R"("Comment":"a\u0001b)")) << body;
+  EXPECT_EQ(json::parse(body)["Comment"], comment);
+}
+
+TEST_F(RestDefenderClientTest, InvalidUtf8IsReplacedNotThrown) {
+  transport_.Enqueue(201, kActionJson);
+  ASSERT_TRUE(Quarantine("bad \xff byte").ok());
+  EXPECT_EQ(json::parse(transport_.requests()[0].body)["Comment"], "bad \xEF\xBF\xBD byte");
+}
+
+TEST_F(RestDefenderClientTest, MachineIdIsUrlEscaped) {
+  transport_.Enqueue(201, kActionJson);
+  ASSERT_TRUE(Quarantine("c", "../x?y#z").ok());
+  const std::string url = transport_.requests()[0].url;
+  EXPECT_EQ(url, absl::StrCat(kBaseUrl, "/api/machines/", http::UrlEscape("../x?y#z"),
+                              "/StopAndQuarantineFile"));
+  EXPECT_FALSE(absl::StrContains(url, "../x?y#z")) << url;
+}
+
+TEST_F(RestDefenderClientTest, TrailingSlashOfBaseUrlIsDropped) {
+  RestDefenderClient client({"https://api.example.test/", kScope}, credential_, transport_);
+  transport_.Enqueue(200, kActionJson);
+  client.GetMachineAction(kActionId, deadline_, [](absl::StatusOr<MachineAction>) {});
+  EXPECT_EQ(transport_.requests()[0].url,
+            "https://api.example.test/api/machineactions/141408d1-384c-4c19-8b57-ba39e378011a");
+}
+
+TEST_F(RestDefenderClientTest, GetsMachineAction) {
+  transport_.Enqueue(200, R"({"id": "141408d1-384c-4c19-8b57-ba39e378011a",
+                              "status": "Succeeded"})");
+  absl::StatusOr<MachineAction> action = GetAction(kActionId);
+  ASSERT_TRUE(action.ok()) << action.status();
+  EXPECT_TRUE(action->IsFinal());
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "GET");
+  EXPECT_EQ(request.url,
+            "https://api.example.test/api/machineactions/141408d1-384c-4c19-8b57-ba39e378011a");
+  EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
+  EXPECT_EQ(HeaderValues(request, "Accept"), std::vector<std::string>{"application/json"});
+  EXPECT_TRUE(HeaderValues(request, "Content-Type").empty());
+  EXPECT_EQ(request.body, "");
+  EXPECT_EQ(request.deadline, deadline_);
+}
+
+TEST_F(RestDefenderClientTest, GetMachineActionIdIsUrlEscaped) {
+  transport_.Enqueue(200, kActionJson);
+  ASSERT_TRUE(GetAction("a b/c").ok());
+  EXPECT_EQ(transport_.requests()[0].url,
+            absl::StrCat(kBaseUrl, "/api/machineactions/", http::UrlEscape("a b/c")));
+}
+
+TEST_F(RestDefenderClientTest, GetMachineActionNotFound) {
+  transport_.Enqueue(404, R"({"error": {"code": "NotFound", "message": "Action not found"}})");
+  absl::StatusOr<MachineAction> action = GetAction(kActionId);
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ErrorReason(action.status()), "DEFENDER_NOT_FOUND");
+}
+
+TEST_F(RestDefenderClientTest, RetriesOnceWithNewTokenAfter401) {
+  transport_.Enqueue(401, R"({"error": {"code": "Unauthorized", "message": "expired"}})");
+  transport_.Enqueue(201, kActionJson);
+  absl::StatusOr<MachineAction> action = Quarantine();
+  ASSERT_TRUE(action.ok()) << action.status();
+
+  std::vector<auth::TokenRequestContext> contexts = credential_.contexts();
+  ASSERT_EQ(contexts.size(), 2u);
+  EXPECT_EQ(contexts[0].rejected_token, "");
+  EXPECT_EQ(contexts[1].rejected_token, "t1");
+  EXPECT_EQ(contexts[1].scopes, std::vector<std::string>{kScope});
+  EXPECT_EQ(contexts[1].deadline, deadline_);
+
+  std::vector<http::HttpRequest> requests = transport_.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(HeaderValues(requests[0], "Authorization"), std::vector<std::string>{"Bearer t1"});
+  EXPECT_EQ(HeaderValues(requests[1], "Authorization"), std::vector<std::string>{"Bearer t2"});
+  EXPECT_EQ(requests[1].url, requests[0].url);
+  EXPECT_EQ(requests[1].body, requests[0].body);
+  EXPECT_EQ(HeaderValues(requests[1], "Content-Type"),
+            std::vector<std::string>{"application/json"});
+}
+
+TEST_F(RestDefenderClientTest, Unauthenticated401Twice) {
+  transport_.Enqueue(401, "");
+  transport_.Enqueue(401, R"({"error": {"code": "Unauthorized", "message": "Invalid token",
+                                        "target": "trk-9"}})");
+  transport_.Enqueue(201, kActionJson);  // never reached
+  absl::StatusOr<MachineAction> action = Quarantine();
+  ASSERT_FALSE(action.ok());
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(ErrorReason(action.status()), "DEFENDER_UNAUTHORIZED");
+  EXPECT_EQ(Metadata(action.status(), "http_status"), "401");
+  EXPECT_EQ(Metadata(action.status(), "tracking_id"), "trk-9");
+  EXPECT_EQ(transport_.requests().size(), 2u);
+  EXPECT_EQ(credential_.contexts().size(), 2u);
+}
+
+TEST_F(RestDefenderClientTest, GetMachineActionAlsoRetries401) {
+  transport_.Enqueue(401, "");
+  transport_.Enqueue(200, kActionJson);
+  ASSERT_TRUE(GetAction(kActionId).ok());
+  ASSERT_EQ(credential_.contexts().size(), 2u);
+  EXPECT_EQ(credential_.contexts()[1].rejected_token, "t1");
+}
+
+TEST_F(RestDefenderClientTest, ErrorAfterRetryIsMapped) {
+  transport_.Enqueue(401, "");
+  transport_.Enqueue(404, R"({"error": {"code": "ResourceNotFound", "message": "gone"}})");
+  absl::StatusOr<MachineAction> action = Quarantine();
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(transport_.requests().size(), 2u);
+}
+
+TEST_F(RestDefenderClientTest, NoRetryOnOtherErrors) {
+  transport_.Enqueue(403, R"({"error": {"code": "Forbidden", "message": "no"}})");
+  transport_.Enqueue(201, kActionJson);
+  absl::StatusOr<MachineAction> action = Quarantine();
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+  EXPECT_EQ(credential_.contexts().size(), 1u);
+}
+
+TEST_F(RestDefenderClientTest, TokenErrorPassesThroughWithoutRequest) {
+  absl::Status token_error =
+      MakeError(absl::StatusCode::kUnauthenticated, "AADSTS7000215: Invalid client secret",
+                "TOKEN_REQUEST_REJECTED", {{"aadsts_code", "7000215"}, {"http_status", "401"}});
+  credential_.FailCall(1, token_error);
+  absl::StatusOr<MachineAction> action = Quarantine();
+  EXPECT_EQ(action.status(), token_error);  // code, message and payloads
+  EXPECT_TRUE(transport_.requests().empty());
+}
+
+TEST_F(RestDefenderClientTest, TokenErrorOnRetryPassesThrough) {
+  absl::Status token_error = MakeError(absl::StatusCode::kUnavailable, "login unreachable",
+                                       "UPSTREAM_CONNECT_FAILED", {{"request_sent", "false"}});
+  credential_.FailCall(2, token_error);
+  transport_.Enqueue(401, "");
+  transport_.Enqueue(201, kActionJson);  // never reached
+  absl::StatusOr<MachineAction> action = Quarantine();
+  EXPECT_EQ(action.status(), token_error);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+  EXPECT_EQ(credential_.contexts().size(), 2u);
+}
+
+TEST_F(RestDefenderClientTest, TransportErrorPassesThroughWithPayloads) {
+  absl::Status error = MakeError(absl::StatusCode::kDeadlineExceeded, "timed out after 30s",
+                                 "UPSTREAM_TIMEOUT", {{"request_sent", "true"}});
+  error.SetPayload("type.example/extra", absl::Cord("kept"));
+  transport_.EnqueueError(error);
+  absl::StatusOr<MachineAction> action = Quarantine();
+  ASSERT_FALSE(action.ok());
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(absl::StrContains(action.status().message(), "timed out after 30s"))
+      << action.status();
+  EXPECT_EQ(ErrorReason(action.status()), "UPSTREAM_TIMEOUT");
+  EXPECT_EQ(Metadata(action.status(), "request_sent"), "true");
+  EXPECT_EQ(action.status().GetPayload("type.example/extra"), absl::Cord("kept"));
+  EXPECT_EQ(transport_.requests().size(), 1u);  // no retry of an unknown outcome
+}
+
+TEST_F(RestDefenderClientTest, UnreadableSuccessIsBadUpstreamResponse) {
+  transport_.Enqueue(201, "<html>not json</html>");
+  absl::StatusOr<MachineAction> action = Quarantine();
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ErrorReason(action.status()), "BAD_UPSTREAM_RESPONSE");
+  EXPECT_EQ(Metadata(action.status(), "http_status"), "201");
+  EXPECT_FALSE(absl::StrContains(action.status().message(), "not json"));
+}
+
+TEST_F(RestDefenderClientTest, EmptySuccessIsBadUpstreamResponse) {
+  transport_.Enqueue(204, "");
+  absl::StatusOr<MachineAction> action = Quarantine();
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ErrorReason(action.status()), "BAD_UPSTREAM_RESPONSE");
+}
+
+TEST_F(RestDefenderClientTest, TokenNeverAppearsInErrors) {
+  const std::string prefix = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-";
+  FakeCredential credential(prefix);
+  RestDefenderClient client({kBaseUrl, kScope}, credential, transport_);
+  const std::vector<std::pair<int, std::string>> answers = {
+      {400, R"({"error": {"code": "InvalidRequestBody", "message": "bad"}})"},
+      {401, ""},
+      {401, "Unauthorized"},
+      {403, R"({"error": {"code": "Forbidden", "message": "Missing role"}})"},
+      {404, R"({"error": {"code": "ResourceNotFound", "message": "Machine x was not found"}})"},
+      {429, R"({"error": {"code": "TooManyRequests"}})"},
+      {503, "<html>Service Unavailable</html>"},
+      {201, "garbage"},
+  };
+  for (const auto& [status, body] : answers) transport_.Enqueue(status, body);
+  transport_.EnqueueError(MakeError(absl::StatusCode::kUnavailable, "connection refused",
+                                    "UPSTREAM_CONNECT_FAILED", {{"request_sent", "false"}}));
+  int results = 0;
+  // The 401 pair consumes two answers in one call.
+  for (size_t i = 0; i < answers.size(); ++i) {
+    client.StopAndQuarantineFile(
+        {kMachineId, kSha1, "c"}, deadline_, [&](absl::StatusOr<MachineAction> action) {
+          ++results;
+          ASSERT_FALSE(action.ok());
+          ExpectNoSecret(action.status(), prefix);
+          ExpectNoSecret(action.status(), "secret-");
+        });
+  }
+  EXPECT_EQ(results, static_cast<int>(answers.size()));
+  EXPECT_EQ(transport_.requests().size(), answers.size() + 1);
+  // The bearer token did go out, in the header and nowhere else.
+  for (const http::HttpRequest& request : transport_.requests()) {
+    EXPECT_TRUE(absl::StartsWith(HeaderValues(request, "Authorization").at(0),
+                                 absl::StrCat("Bearer ", prefix)));
+    EXPECT_FALSE(absl::StrContains(request.url, "secret-"));
+    EXPECT_FALSE(absl::StrContains(request.body, "secret-"));
+  }
+}
+
+TEST_F(RestDefenderClientTest, EchoedTokenIsRedacted) {
+  const std::string prefix = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-";
+  FakeCredential credential(prefix);
+  RestDefenderClient client({kBaseUrl, kScope}, credential, transport_);
+  const std::string token = prefix + "1";
+  transport_.EnqueueError(MakeError(absl::StatusCode::kUnavailable,
+                                    absl::StrCat("proxy refused header Bearer ", token),
+                                    "UPSTREAM_CONNECT_FAILED",
+                                    {{"request_sent", "false"}, {"header", token}}));
+  transport_.Enqueue(
+      404, absl::StrCat(R"({"error": {"code": "NotFound", "message": "token )", prefix,
+                        R"(2 not accepted", "target": ")", prefix, R"(2"}})"));
+  std::vector<absl::Status> errors;
+  for (int i = 0; i < 2; ++i) {
+    client.GetMachineAction(kActionId, deadline_, [&](absl::StatusOr<MachineAction> action) {
+      errors.push_back(action.status());
+    });
+  }
+  ASSERT_EQ(errors.size(), 2u);
+  for (const absl::Status& error : errors) {
+    EXPECT_FALSE(error.ok());
+    ExpectNoSecret(error, prefix);
+    EXPECT_TRUE(absl::StrContains(error.message(), "[redacted]")) << error;
+  }
+  EXPECT_EQ(ErrorReason(errors[0]), "UPSTREAM_CONNECT_FAILED");
+  EXPECT_EQ(Metadata(errors[0], "request_sent"), "false");
+  EXPECT_EQ(Metadata(errors[0], "header"), "[redacted]");
+  EXPECT_EQ(Metadata(errors[1], "tracking_id"), "[redacted]");
+}
+
+TEST_F(RestDefenderClientTest, WorksWhenAnswersComeLaterOnAnotherThread) {
+  FakeCredential credential("t", /*defer=*/true);
+  DeferredTransport transport;
+  RestDefenderClient client({kBaseUrl, kScope}, credential, transport);
+  transport.answers().Enqueue(401, "");
+  transport.answers().Enqueue(201, kActionJson);
+
+  absl::Notification done;
+  std::optional<absl::StatusOr<MachineAction>> result;
+  int calls = 0;
+  client.StopAndQuarantineFile({kMachineId, kSha1, "c"}, deadline_,
+                               [&](absl::StatusOr<MachineAction> action) {
+                                 ++calls;
+                                 result = std::move(action);
+                                 done.Notify();
+                               });
+  EXPECT_FALSE(done.HasBeenNotified());
+  // Token, 401, new token, 201: each step answered on a fresh thread.
+  std::vector<int> answered;
+  for (int step = 0; step < 4; ++step) {
+    std::thread worker([&] {
+      answered.push_back(step % 2 == 0 ? credential.RunPending() : transport.RunPending());
+    });
+    worker.join();
+  }
+  EXPECT_EQ(answered, (std::vector<int>{1, 1, 1, 1}));
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(calls, 1);
+  ASSERT_TRUE(result->ok()) << result->status();
+  EXPECT_EQ((*result)->id, kActionId);
+  ASSERT_EQ(credential.contexts().size(), 2u);
+  EXPECT_EQ(credential.contexts()[1].rejected_token, "t1");
+  EXPECT_EQ(transport.answers().requests().size(), 2u);
+}
+
+TEST_F(RestDefenderClientTest, ConcurrentCallsAreIndependent) {
+  constexpr int kCalls = 8;
+  FakeCredential credential("t", /*defer=*/true);
+  DeferredTransport transport;
+  RestDefenderClient client({kBaseUrl, kScope}, credential, transport);
+  for (int i = 0; i < kCalls; ++i) {
+    transport.answers().Enqueue(200, absl::StrCat(R"({"id": "action-)", i, R"("})"));
+  }
+  absl::Mutex mu;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kCalls; ++i) {
+    client.GetMachineAction(absl::StrCat("action-", i), deadline_,
+                            [&](absl::StatusOr<MachineAction> action) {
+                              ASSERT_TRUE(action.ok()) << action.status();
+                              absl::MutexLock lock(&mu);
+                              ids.push_back(action->id);
+                            });
+  }
+  std::thread tokens([&] { credential.RunPending(); });
+  tokens.join();
+  std::thread answers([&] { transport.RunPending(); });
+  answers.join();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kCalls));
+}
+
+// ---------------------------------------------------------------------------
+// MapDefenderError
+
+http::HttpResponse Response(int status, std::string body = "",
+                            std::vector<http::Header> headers = {}) {
+  http::HttpResponse response;
+  response.status = status;
+  response.body = std::move(body);
+  response.headers = std::move(headers);
+  return response;
+}
+
+// ErrorBody returns Defender's error JSON.
+std::string ErrorBody(const std::string& code, const std::string& message,
+                      const std::string& target = "a1b2c3") {
+  return json({{"error", {{"code", code}, {"message", message}, {"target", target}}}}).dump();
+}
+
+struct MappingRow {
+  int http_status;
+  std::string code;
+  std::string message;
+  absl::StatusCode expected_code;
+  std::string expected_reason;
+};
+
+void PrintTo(const MappingRow& row, std::ostream* os) {
+  *os << row.http_status << " " << row.code << " \"" << row.message << "\"";
+}
+
+class MapDefenderErrorRowTest : public ::testing::TestWithParam<MappingRow> {};
+
+TEST_P(MapDefenderErrorRowTest, Maps) {
+  const MappingRow& row = GetParam();
+  absl::Status status = MapDefenderError(Response(row.http_status, ErrorBody(row.code, row.message)));
+  EXPECT_EQ(status.code(), row.expected_code) << status;
+  EXPECT_EQ(ErrorReason(status), row.expected_reason) << status;
+  EXPECT_EQ(Metadata(status, "http_status"), absl::StrCat(row.http_status));
+  EXPECT_EQ(Metadata(status, "defender_code"), row.code);
+  EXPECT_EQ(Metadata(status, "tracking_id"), "a1b2c3");
+  EXPECT_EQ(Metadata(status, "defender_message"), row.message.empty() ? "<absent>" : row.message);
+  EXPECT_TRUE(absl::StrContains(status.message(), row.message)) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "(tracking id a1b2c3)")) << status;
+  std::optional<google::rpc::ErrorInfo> info = GetErrorInfo(status);
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->domain(), kErrorDomain);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    MapDefenderError, MapDefenderErrorRowTest,
+    ::testing::Values(
+        MappingRow{400, "ActiveRequestAlreadyExists", "Action is already in progress",
+                   absl::StatusCode::kAlreadyExists, "ACTION_ALREADY_RUNNING"},
+        MappingRow{400, "ActiveRequestAlreadyExists", "",
+                   absl::StatusCode::kAlreadyExists, "ACTION_ALREADY_RUNNING"},
+        MappingRow{400, "BadRequest", "Action is already in progress",
+                   absl::StatusCode::kAlreadyExists, "ACTION_ALREADY_RUNNING"},
+        MappingRow{400, "InvalidRequestBody", "ACTION IS ALREADY IN PROGRESS for machine",
+                   absl::StatusCode::kAlreadyExists, "ACTION_ALREADY_RUNNING"},
+        MappingRow{400, "OsPlatformNotSupported", "Supported only on Windows",
+                   absl::StatusCode::kFailedPrecondition, "DEFENDER_PRECONDITION_FAILED"},
+        MappingRow{400, "ClientVersionNotSupported", "Client version too old",
+                   absl::StatusCode::kFailedPrecondition, "DEFENDER_PRECONDITION_FAILED"},
+        MappingRow{400, "BadRequest", "Bad request", absl::StatusCode::kInvalidArgument,
+                   "DEFENDER_BAD_REQUEST"},
+        MappingRow{400, "ODataError", "The query specified is invalid",
+                   absl::StatusCode::kInvalidArgument, "DEFENDER_BAD_REQUEST"},
+        MappingRow{400, "InvalidInput", "Invalid input", absl::StatusCode::kInvalidArgument,
+                   "DEFENDER_BAD_REQUEST"},
+        MappingRow{400, "InvalidRequestBody", "Comment is required",
+                   absl::StatusCode::kInvalidArgument, "DEFENDER_BAD_REQUEST"},
+        MappingRow{400, "InvalidHashValue", "Sha1 is invalid",
+                   absl::StatusCode::kInvalidArgument, "DEFENDER_BAD_REQUEST"},
+        MappingRow{400, "MissingRequiredParameter", "Sha1 is missing",
+                   absl::StatusCode::kInvalidArgument, "DEFENDER_BAD_REQUEST"},
+        MappingRow{401, "Unauthorized", "Token expired", absl::StatusCode::kUnauthenticated,
+                   "DEFENDER_UNAUTHORIZED"},
+        MappingRow{403, "Forbidden", "Missing application roles",
+                   absl::StatusCode::kPermissionDenied, "DEFENDER_FORBIDDEN"},
+        MappingRow{403, "DisabledFeature", "Feature is disabled",
+                   absl::StatusCode::kPermissionDenied, "DEFENDER_FORBIDDEN"},
+        MappingRow{403, "DisallowedOperation", "Operation not allowed",
+                   absl::StatusCode::kPermissionDenied, "DEFENDER_FORBIDDEN"},
+        MappingRow{404, "NotFound", "Action not found", absl::StatusCode::kNotFound,
+                   "DEFENDER_NOT_FOUND"},
+        MappingRow{404, "ResourceNotFound",
+                   "Sha1 87662bc3d60e4200ceaf7aae249d1c343f4b83c9 was not found in machine "
+                   "1e5bc9d7e413ddd7902c2932e418702b84d0cc07",
+                   absl::StatusCode::kNotFound, "DEFENDER_NOT_FOUND"},
+        MappingRow{429, "TooManyRequests", "Rate limit exceeded",
+                   absl::StatusCode::kResourceExhausted, "DEFENDER_THROTTLED"},
+        MappingRow{500, "InternalServerError", "Oops", absl::StatusCode::kUnavailable,
+                   "DEFENDER_UNAVAILABLE"},
+        MappingRow{502, "BadGateway", "Bad gateway", absl::StatusCode::kUnavailable,
+                   "DEFENDER_UNAVAILABLE"},
+        MappingRow{503, "ServiceUnavailable", "Try later", absl::StatusCode::kUnavailable,
+                   "DEFENDER_UNAVAILABLE"},
+        MappingRow{504, "GatewayTimeout", "Timeout", absl::StatusCode::kUnavailable,
+                   "DEFENDER_UNAVAILABLE"},
+        MappingRow{507, "InsufficientStorage", "Full", absl::StatusCode::kUnavailable,
+                   "DEFENDER_UNAVAILABLE"},
+        MappingRow{408, "RequestTimeout", "Slow", absl::StatusCode::kUnavailable,
+                   "DEFENDER_UNEXPECTED_STATUS"},
+        MappingRow{405, "MethodNotAllowed", "No", absl::StatusCode::kInternal,
+                   "DEFENDER_UNEXPECTED_STATUS"},
+        MappingRow{409, "Conflict", "Conflict", absl::StatusCode::kInternal,
+                   "DEFENDER_UNEXPECTED_STATUS"},
+        MappingRow{302, "Found", "Moved", absl::StatusCode::kInternal,
+                   "DEFENDER_UNEXPECTED_STATUS"}),
+    [](const ::testing::TestParamInfo<MappingRow>& info) {
+      return absl::StrCat(info.index, "_Http", info.param.http_status, "_", info.param.code);
+    });
+
+TEST(MapDefenderErrorTest, NotFoundMessageFormat) {
+  absl::Status status = MapDefenderError(Response(
+      404, ErrorBody("ResourceNotFound", "Machine 123 was not found", "trk-1")));
+  EXPECT_EQ(status.message(),
+            "Defender answered 404 ResourceNotFound: Machine 123 was not found "
+            "(tracking id trk-1)");
+}
+
+TEST(MapDefenderErrorTest, ForbiddenNamesThePermissions) {
+  absl::Status status =
+      MapDefenderError(Response(403, ErrorBody("Forbidden", "Missing application roles")));
+  EXPECT_TRUE(absl::StrContains(status.message(), "Machine.StopAndQuarantine")) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "Machine.Read.All")) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "Machine.ReadWrite.All")) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "admin consent")) << status;
+}
+
+TEST(MapDefenderErrorTest, ThrottledRetryAfterSeconds) {
+  absl::Status status = MapDefenderError(
+      Response(429, ErrorBody("TooManyRequests", "slow down"), {{"Retry-After", "30"}}));
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryDelay(status), absl::Seconds(30));
+  EXPECT_EQ(Metadata(status, "retry_after_seconds"), "30");
+}
+
+TEST(MapDefenderErrorTest, ThrottledRetryAfterHeaderNameIsCaseInsensitive) {
+  absl::Status status = MapDefenderError(Response(429, "", {{"retry-after", " 7 "}}));
+  EXPECT_EQ(GetRetryDelay(status), absl::Seconds(7));
+}
+
+TEST(MapDefenderErrorTest, ThrottledRetryAfterHttpDate) {
+  const absl::Time now = absl::FromCivil(absl::CivilSecond(2015, 10, 21, 7, 26, 0),
+                                         absl::UTCTimeZone());
+  absl::Status status = MapDefenderError(
+      Response(429, "", {{"Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"}}), now);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryDelay(status), absl::Seconds(120));
+}
+
+TEST(MapDefenderErrorTest, ThrottledRetryAfterHttpDateInThePast) {
+  const absl::Time now = absl::FromCivil(absl::CivilSecond(2015, 10, 21, 8, 0, 0),
+                                         absl::UTCTimeZone());
+  absl::Status status = MapDefenderError(
+      Response(429, "", {{"Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"}}), now);
+  EXPECT_EQ(GetRetryDelay(status), absl::ZeroDuration());
+}
+
+TEST(MapDefenderErrorTest, ThrottledRetryAfterHttpDateWithRealClock) {
+  const std::string date = absl::FormatTime("%a, %d %b %Y %H:%M:%S GMT",
+                                            absl::Now() + absl::Seconds(300), absl::UTCTimeZone());
+  absl::Status status = MapDefenderError(Response(429, "", {{"Retry-After", date}}));
+  std::optional<absl::Duration> delay = GetRetryDelay(status);
+  ASSERT_TRUE(delay.has_value());
+  EXPECT_GT(*delay, absl::Seconds(250));
+  EXPECT_LE(*delay, absl::Seconds(300));
+}
+
+TEST(MapDefenderErrorTest, ThrottledWithoutRetryAfterWaits60Seconds) {
+  absl::Status status = MapDefenderError(Response(429, ErrorBody("TooManyRequests", "")));
+  EXPECT_EQ(GetRetryDelay(status), absl::Seconds(60));
+}
+
+TEST(MapDefenderErrorTest, ThrottledWithUnreadableRetryAfterWaits60Seconds) {
+  for (const char* value : {"soon", "-5", "1.5", "Wed, 99 Oct 2015 07:28:00 GMT", ""}) {
+    absl::Status status = MapDefenderError(Response(429, "", {{"Retry-After", value}}));
+    EXPECT_EQ(GetRetryDelay(status), absl::Seconds(60)) << value;
+  }
+}
+
+TEST(MapDefenderErrorTest, ThrottledWithHugeRetryAfterIsCapped) {
+  absl::Status status =
+      MapDefenderError(Response(429, "", {{"Retry-After", "99999999999999999999999"}}));
+  EXPECT_EQ(GetRetryDelay(status), absl::Hours(24));
+}
+
+TEST(MapDefenderErrorTest, UnavailableCarriesRetryAfterOnlyWhenSent) {
+  EXPECT_EQ(GetRetryDelay(MapDefenderError(Response(503, "", {{"Retry-After", "5"}}))),
+            absl::Seconds(5));
+  EXPECT_EQ(GetRetryDelay(MapDefenderError(Response(503, ""))), std::nullopt);
+  EXPECT_EQ(GetRetryDelay(MapDefenderError(Response(400, "", {{"Retry-After", "5"}}))),
+            std::nullopt);
+}
+
+TEST(MapDefenderErrorTest, EmptyBody) {
+  absl::Status status = MapDefenderError(Response(503, ""));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ErrorReason(status), "DEFENDER_UNAVAILABLE");
+  EXPECT_EQ(status.message(), "Defender answered 503 (no error details)");
+  EXPECT_EQ(Metadata(status, "http_status"), "503");
+  EXPECT_EQ(Metadata(status, "defender_code"), "<absent>");
+  EXPECT_EQ(Metadata(status, "tracking_id"), "<absent>");
+  EXPECT_EQ(Metadata(status, "defender_message"), "<absent>");
+}
+
+TEST(MapDefenderErrorTest, HtmlBodyIsNotQuoted) {
+  absl::Status status = MapDefenderError(
+      Response(502, "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(absl::StrContains(status.message(), "nginx")) << status;
+  EXPECT_EQ(Metadata(status, "defender_code"), "<absent>");
+}
+
+TEST(MapDefenderErrorTest, HtmlBodyOn404) {
+  absl::Status status = MapDefenderError(Response(404, "<html>Not Found</html>"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ErrorReason(status), "DEFENDER_NOT_FOUND");
+}
+
+TEST(MapDefenderErrorTest, OddErrorShapes) {
+  for (const char* body : {
+           R"(null)", R"([])", R"("error")", R"({"error": null})", R"({"error": "Bad"})",
+           R"({"error": {"code": 5, "message": ["x"], "target": {}}})", R"({"message": "x"})",
+           R"({"error": {"code": "BadRequest")",  // truncated
+       }) {
+    absl::Status status = MapDefenderError(Response(400, body));
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << body;
+    EXPECT_EQ(ErrorReason(status), "DEFENDER_BAD_REQUEST") << body;
+    EXPECT_EQ(Metadata(status, "defender_code"), "<absent>") << body;
+  }
+}
+
+TEST(MapDefenderErrorTest, ODataMessageObject) {
+  absl::Status status = MapDefenderError(Response(
+      400, R"({"error": {"code": "ODataError", "message": {"lang": "en-US", "value": "Bad $filter"}}})"));
+  EXPECT_EQ(Metadata(status, "defender_message"), "Bad $filter");
+}
+
+TEST(MapDefenderErrorTest, LongMessageIsTruncatedOnCharacterBoundary) {
+  std::string message;
+  while (message.size() < 1000) message += "é✓";  // 2- and 3-byte characters
+  absl::Status status = MapDefenderError(Response(404, ErrorBody("ResourceNotFound", message)));
+  std::optional<google::rpc::ErrorInfo> info = GetErrorInfo(status);
+  ASSERT_TRUE(info.has_value());  // the proto parsed back: valid UTF-8
+  const std::string kept = info->metadata().at("defender_message");
+  EXPECT_LE(kept.size(), 303u);
+  EXPECT_GE(kept.size(), 290u);
+  EXPECT_TRUE(absl::EndsWith(kept, "...")) << kept;
+  const std::string prefix = kept.substr(0, kept.size() - 3);
+  EXPECT_TRUE(absl::StartsWith(message, prefix));
+  EXPECT_FALSE(json::parse(json(prefix).dump(), nullptr, false).is_discarded());
+  EXPECT_LT(status.message().size(), 500u);
+}
+
+TEST(MapDefenderErrorTest, AlreadyInProgressMessageDoesNotOverridePreconditionCode) {
+  absl::Status status = MapDefenderError(
+      Response(400, ErrorBody("OsPlatformNotSupported", "Action is already in progress")));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace defender::api
