@@ -1,1 +1,989 @@
-// placeholder: being written
+// Tests of the Defender sandbox (tools/sandbox): certificates, the token
+// endpoint, the Defender API emulation, fault injection and the control
+// endpoints, all through a real TLS client (httplib::SSLClient, verification on)
+// against an in-process Sandbox on port 0.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
+#include "tools/sandbox/certs.h"
+#include "tools/sandbox/sandbox.h"
+
+namespace defender::sandbox {
+namespace {
+
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr char kTenant[] = "11111111-1111-1111-1111-111111111111";
+constexpr char kClient[] = "22222222-2222-2222-2222-222222222222";
+constexpr char kSecret[] = "sandbox-secret";
+constexpr char kScope[] = "https://api.securitycenter.microsoft.com/.default";
+constexpr char kLinuxMachine[] = "4f8e2d6c0b4a8e2d6c0b4a8e2d6c0b4a8e2d6c0b";
+constexpr char kOtherMachine[] = "7b0f3a5e2c9d4e1f8a6b5c4d3e2f1a0b9c8d7e6f";
+constexpr char kSha1[] = "87662bc3d60e4200ceaf7aae249d1c343f4b83c9";
+
+std::string TokenPath() { return absl::StrCat("/", kTenant, "/oauth2/v2.0/token"); }
+std::string QuarantinePath(const std::string& machine) {
+  return absl::StrCat("/api/machines/", machine, "/StopAndQuarantineFile");
+}
+
+json Parse(const std::string& body) { return json::parse(body, nullptr, false); }
+
+std::string QuarantineBody(const std::string& comment, const std::string& sha1 = kSha1) {
+  return json{{"Comment", comment}, {"Sha1", sha1}}.dump();
+}
+
+std::string FormBody(const httplib::Params& params) {
+  return httplib::detail::params_to_query_str(params);
+}
+
+absl::Time ParseTime7(const std::string& text) {
+  absl::Time t;
+  std::string err;
+  EXPECT_TRUE(absl::ParseTime("%Y-%m-%dT%H:%M:%E*SZ", text, absl::UTCTimeZone(), &t, &err))
+      << text << ": " << err;
+  return t;
+}
+
+class SandboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartSandbox(SandboxOptions()); }
+
+  void TearDown() override {
+    sandbox_.reset();
+    if (!ca_file_.empty()) std::remove(ca_file_.c_str());
+  }
+
+  void StartSandbox(SandboxOptions options) {
+    sandbox_.reset();
+    auto started = Sandbox::Start(std::move(options));
+    ASSERT_TRUE(started.ok()) << started.status();
+    sandbox_ = *std::move(started);
+    if (ca_file_.empty()) {
+      ca_file_ = absl::StrCat(::testing::TempDir(), "/sandbox-test-ca-", getpid(), "-",
+                              absl::ToUnixNanos(absl::Now()), ".pem");
+    }
+    ASSERT_TRUE(sandbox_->WriteCaFile(ca_file_).ok());
+  }
+
+  // Client returns a TLS client that trusts only the sandbox's CA.
+  std::unique_ptr<httplib::SSLClient> Client() const {
+    auto client = std::make_unique<httplib::SSLClient>("127.0.0.1", sandbox_->port());
+    client->set_ca_cert_path(ca_file_);
+    client->enable_server_certificate_verification(true);
+    client->set_connection_timeout(5, 0);
+    client->set_read_timeout(10, 0);
+    return client;
+  }
+
+  httplib::Result RequestToken(const httplib::Params& params,
+                               const std::string& tenant = kTenant) const {
+    return Client()->Post(absl::StrCat("/", tenant, "/oauth2/v2.0/token"), FormBody(params),
+                          "application/x-www-form-urlencoded");
+  }
+
+  static httplib::Params GoodTokenParams() {
+    return {{"grant_type", "client_credentials"},
+            {"client_id", kClient},
+            {"client_secret", kSecret},
+            {"scope", kScope}};
+  }
+
+  // Token gets a fresh access token (and fails the test if it cannot).
+  std::string Token() const {
+    httplib::Result res = RequestToken(GoodTokenParams());
+    if (!res || res->status != 200) {
+      ADD_FAILURE() << "token request failed";
+      return "";
+    }
+    return Parse(res->body)["access_token"].get<std::string>();
+  }
+
+  httplib::Headers Auth(const std::string& token) const {
+    return {{"Authorization", absl::StrCat("Bearer ", token)}};
+  }
+
+  httplib::Result Quarantine(const std::string& token, const std::string& machine,
+                             const std::string& body) const {
+    return Client()->Post(QuarantinePath(machine), Auth(token), body, "application/json");
+  }
+
+  httplib::Result Get(const std::string& token, const std::string& path,
+                      const httplib::Params& params = {}) const {
+    return Client()->Get(path, params, Auth(token));
+  }
+
+  // ExpectDefenderError checks a Defender error answer.
+  static void ExpectDefenderError(const httplib::Result& res, int status, const std::string& code) {
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, status) << res->body;
+    json body = Parse(res->body);
+    ASSERT_TRUE(body.is_object()) << res->body;
+    EXPECT_EQ(body["error"]["code"], code) << res->body;
+    EXPECT_TRUE(body["error"]["message"].is_string());
+    EXPECT_TRUE(body["error"]["target"].is_string());
+  }
+
+  std::unique_ptr<Sandbox> sandbox_;
+  std::string ca_file_;
+};
+
+// ---------------------------------------------------------------------------
+// Certificates.
+
+TEST(CertsTest, ServerCertificateChainsToTheCaWithIpAndDnsNames) {
+  auto certs = GenerateCertificates({"127.0.0.1", "localhost", "::1"});
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  auto load = [](const std::string& pem) {
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    return cert;
+  };
+  X509* ca = load(certs->ca_pem);
+  X509* leaf = load(certs->cert_pem);
+  ASSERT_NE(ca, nullptr);
+  ASSERT_NE(leaf, nullptr);
+  X509_STORE* store = X509_STORE_new();
+  X509_STORE_add_cert(store, ca);
+  X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+  X509_STORE_CTX_init(ctx, store, leaf, nullptr);
+  X509_VERIFY_PARAM_set1_ip_asc(X509_STORE_CTX_get0_param(ctx), "127.0.0.1");
+  EXPECT_EQ(X509_verify_cert(ctx), 1)
+      << X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+  EXPECT_EQ(X509_check_ip_asc(leaf, "::1", 0), 1);
+  EXPECT_EQ(X509_check_host(leaf, "localhost", 0, 0, nullptr), 1);
+  EXPECT_NE(X509_check_host(leaf, "example.com", 0, 0, nullptr), 1);
+  EXPECT_EQ(X509_check_ca(ca), 1);
+  EXPECT_EQ(X509_check_ca(leaf), 0);
+  X509_STORE_CTX_free(ctx);
+  X509_STORE_free(store);
+  X509_free(leaf);
+  X509_free(ca);
+  EXPECT_THAT(certs->key_pem, HasSubstr("BEGIN PRIVATE KEY"));
+}
+
+TEST(CertsTest, RejectsEmptyNames) {
+  EXPECT_EQ(GenerateCertificates({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GenerateCertificates({""}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SandboxTest, ClientWithoutTheCaRefusesTheServer) {
+  auto other = GenerateCertificates();
+  ASSERT_TRUE(other.ok());
+  const std::string other_ca = absl::StrCat(ca_file_, ".other");
+  {
+    std::ofstream out(other_ca);
+    out << other->ca_pem;
+  }
+  httplib::SSLClient client("127.0.0.1", sandbox_->port());
+  client.set_ca_cert_path(other_ca);
+  client.enable_server_certificate_verification(true);
+  httplib::Result res = client.Get("/sandbox/health");
+  EXPECT_FALSE(res);
+  EXPECT_EQ(res.error(), httplib::Error::SSLServerVerification);
+  std::remove(other_ca.c_str());
+}
+
+TEST_F(SandboxTest, BaseUrlAndHealth) {
+  EXPECT_EQ(sandbox_->base_url(), absl::StrCat("https://127.0.0.1:", sandbox_->port()));
+  httplib::Result res = Client()->Get("/sandbox/health");
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body, "ok");
+  EXPECT_TRUE(sandbox_->Requests().empty()) << "control calls are not recorded";
+}
+
+// ---------------------------------------------------------------------------
+// Token endpoint.
+
+TEST_F(SandboxTest, TokenSuccess) {
+  httplib::Result res = RequestToken(GoodTokenParams());
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 200) << res->body;
+  json body = Parse(res->body);
+  EXPECT_EQ(body["token_type"], "Bearer");
+  EXPECT_EQ(body["expires_in"], 3599);
+  EXPECT_EQ(body["ext_expires_in"], 3599);
+  EXPECT_THAT(body["access_token"].get<std::string>(), StartsWith("sbx."));
+  EXPECT_EQ(sandbox_->TokenRequests(), 1);
+  // Every accepted spelling of the Defender audience works.
+  for (const char* scope : {"https://securitycenter.onmicrosoft.com/windowsatpservice/.default",
+                            "https://api.security.microsoft.com/.default"}) {
+    httplib::Params params = GoodTokenParams();
+    params.find("scope")->second = scope;
+    httplib::Result other = RequestToken(params);
+    ASSERT_TRUE(other);
+    EXPECT_EQ(other->status, 200) << scope;
+  }
+  EXPECT_EQ(sandbox_->TokenRequests(), 3);
+}
+
+TEST_F(SandboxTest, TokenLifetimeFollowsOptions) {
+  SandboxOptions options;
+  options.token_lifetime = absl::Minutes(5);
+  StartSandbox(options);
+  httplib::Result res = RequestToken(GoodTokenParams());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(Parse(res->body)["expires_in"], 299);
+}
+
+TEST_F(SandboxTest, TokenErrorsLookLikeEntra) {
+  struct Case {
+    std::string name;
+    std::string tenant;
+    std::string key;    // parameter to change ("" = none)
+    std::string value;  // its new value ("" = remove it)
+    int status;
+    std::string error;
+    int code;
+  };
+  const std::vector<Case> cases = {
+      {"wrong secret", kTenant, "client_secret", "wrong", 401, "invalid_client", 7000215},
+      {"unknown tenant", "99999999-9999-9999-9999-999999999999", "", "", 400, "invalid_request",
+       90002},
+      {"unknown client", kTenant, "client_id", "33333333-3333-3333-3333-333333333333", 400,
+       "unauthorized_client", 700016},
+      {"scope without .default", kTenant, "scope", "https://api.securitycenter.microsoft.com",
+       400, "invalid_scope", 1002012},
+      {"other resource", kTenant, "scope", "https://graph.microsoft.com/.default", 400,
+       "invalid_scope", 70011},
+      {"no secret", kTenant, "client_secret", "", 401, "invalid_client", 7000216},
+      {"wrong grant", kTenant, "grant_type", "password", 400, "unsupported_grant_type", 70003},
+      {"no grant", kTenant, "grant_type", "", 400, "invalid_request", 900144},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    httplib::Params params = GoodTokenParams();
+    if (!c.key.empty()) {
+      params.erase(c.key);
+      if (!c.value.empty()) params.emplace(c.key, c.value);
+    }
+    httplib::Result res = RequestToken(params, c.tenant);
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, c.status) << res->body;
+    json body = Parse(res->body);
+    EXPECT_EQ(body["error"], c.error);
+    EXPECT_EQ(body["error_codes"], json::array({c.code}));
+    EXPECT_THAT(body["error_description"].get<std::string>(),
+                StartsWith(absl::StrCat("AADSTS", c.code, ":")));
+    EXPECT_TRUE(body["trace_id"].is_string());
+    EXPECT_TRUE(body["correlation_id"].is_string());
+    EXPECT_TRUE(body["timestamp"].is_string());
+    EXPECT_THAT(res->body, ::testing::Not(HasSubstr(kSecret)));
+    EXPECT_FALSE(body.contains("access_token"));
+  }
+  EXPECT_EQ(sandbox_->TokenRequests(), static_cast<int>(cases.size()));
+}
+
+TEST_F(SandboxTest, ClientAssertionsAreRejectedForNow) {
+  httplib::Params params = {
+      {"grant_type", "client_credentials"},
+      {"client_id", kClient},
+      {"client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+      {"client_assertion", "eyJhbGciOiJQUzI1NiJ9.e30.c2ln"},
+      {"scope", kScope}};
+  httplib::Result res = RequestToken(params);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  json body = Parse(res->body);
+  EXPECT_EQ(body["error"], "invalid_client");
+  EXPECT_EQ(body["error_codes"], json::array({700027}));
+}
+
+// ---------------------------------------------------------------------------
+// StopAndQuarantineFile.
+
+TEST_F(SandboxTest, QuarantineHappyPathReturnsAMachineAction) {
+  const std::string token = Token();
+  const std::string comment =
+      "quotes \" ' backslash \\ \\\\ newline\nline two\r\ttab\t end; "
+      "non-ASCII: \xC3\x9Cn\xC3\xAF c\xC3\xB8" "d\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC "
+      "\xF0\x9F\x9A\xA8 </script> {\"json\": true}";
+  const absl::Time before = absl::Now();
+  httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody(comment));
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  ASSERT_EQ(res->status, 201) << res->body;
+  EXPECT_THAT(res->get_header_value("Content-Type"), StartsWith("application/json"));
+  json a = Parse(res->body);
+  ASSERT_TRUE(a.is_object());
+  EXPECT_THAT(a["@odata.context"].get<std::string>(), HasSubstr("$metadata#MachineActions"));
+  EXPECT_TRUE(std::regex_match(a["id"].get<std::string>(),
+                               std::regex("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
+                                          "[0-9a-f]{12}")))
+      << a["id"];
+  EXPECT_EQ(a["type"], "StopAndQuarantineFile");
+  EXPECT_TRUE(a["scope"].is_null());
+  EXPECT_EQ(a["requestor"], kClient);
+  EXPECT_EQ(a["requestorComment"].get<std::string>(), comment);  // byte for byte
+  EXPECT_EQ(a["status"], "Pending");
+  EXPECT_EQ(a["machineId"], kDefaultMachineId);
+  EXPECT_EQ(a["computerDnsName"], "desktop-1.contoso.com");
+  const std::regex seven_digits(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z)");
+  EXPECT_TRUE(std::regex_match(a["creationDateTimeUtc"].get<std::string>(), seven_digits))
+      << a["creationDateTimeUtc"];
+  EXPECT_EQ(a["lastUpdateDateTimeUtc"], a["creationDateTimeUtc"]);
+  absl::Time created = ParseTime7(a["creationDateTimeUtc"]);
+  EXPECT_GE(created, before - absl::Milliseconds(1));
+  EXPECT_LE(created, absl::Now());
+  for (const char* null_field : {"cancellationRequestor", "cancellationComment",
+                                 "cancellationDateTimeUtc", "externalId", "troubleshootInfo"}) {
+    EXPECT_TRUE(a[null_field].is_null()) << null_field;
+  }
+  EXPECT_EQ(a["errorHResult"], 0);
+  EXPECT_TRUE(a["title"].is_string());
+  EXPECT_EQ(a["requestSource"], "PublicApi");
+  EXPECT_EQ(a["commands"], json::array());
+  EXPECT_EQ(a["relatedFileInfo"],
+            (json{{"fileIdentifier", kSha1}, {"fileIdentifierType", "Sha1"}}));
+  EXPECT_EQ(a["sandboxExtra"], (json{{"x", 1}}));
+
+  // The same action comes back from GET.
+  httplib::Result got = Get(token, absl::StrCat("/api/machineactions/", a["id"].get<std::string>()));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->status, 200);
+  EXPECT_EQ(Parse(got->body)["requestorComment"].get<std::string>(), comment);
+}
+
+TEST_F(SandboxTest, ApiRequiresAValidToken) {
+  const std::string path = QuarantinePath(kDefaultMachineId);
+  const std::string body = QuarantineBody("no token");
+  ExpectDefenderError(Client()->Post(path, body, "application/json"), 401, "Unauthorized");
+  ExpectDefenderError(Quarantine("sbx.not-issued-here", kDefaultMachineId, body), 401,
+                      "Unauthorized");
+  ExpectDefenderError(Client()->Get("/api/machines"), 401, "Unauthorized");
+
+  const std::string token = Token();
+  httplib::Result ok = Get(token, "/api/machines");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  sandbox_->ExpireAllTokens();
+  ExpectDefenderError(Get(token, "/api/machines"), 401, "Unauthorized");
+  ok = Get(Token(), "/api/machines");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << "tokens issued after ExpireAllTokens work";
+}
+
+TEST_F(SandboxTest, TokensExpireAfterTheirLifetime) {
+  SandboxOptions options;
+  options.token_lifetime = absl::Seconds(2);
+  StartSandbox(options);
+  httplib::Result res = RequestToken(GoodTokenParams());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(Parse(res->body)["expires_in"], 1);
+  const std::string token = Parse(res->body)["access_token"];
+  httplib::Result ok = Get(token, "/api/machines");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+  absl::SleepFor(absl::Milliseconds(2100));
+  ExpectDefenderError(Get(token, "/api/machines"), 401, "Unauthorized");
+}
+
+TEST_F(SandboxTest, QuarantineValidation) {
+  const std::string token = Token();
+  struct Case {
+    std::string name;
+    std::string machine;
+    std::string body;
+    std::string content_type;
+    int status;
+    std::string code;
+  };
+  const std::vector<Case> cases = {
+      {"unknown machine", "ffffffffffffffffffffffffffffffffffffffff", QuarantineBody("x"),
+       "application/json", 404, "ResourceNotFound"},
+      {"linux machine", kLinuxMachine, QuarantineBody("x"), "application/json", 400,
+       "OsPlatformNotSupported"},
+      {"absent file", kDefaultMachineId, QuarantineBody("x", kAbsentSha1), "application/json",
+       404, "ResourceNotFound"},
+      {"bad hash", kDefaultMachineId, QuarantineBody("x", "xyz"), "application/json", 400,
+       "InvalidHashValue"},
+      {"sha256 is not sha1", kDefaultMachineId, QuarantineBody("x", kKnownFileSha256),
+       "application/json", 400, "InvalidHashValue"},
+      {"no comment", kDefaultMachineId, json{{"Sha1", kSha1}}.dump(), "application/json", 400,
+       "MissingRequiredParameter"},
+      {"empty comment", kDefaultMachineId, QuarantineBody(""), "application/json", 400,
+       "MissingRequiredParameter"},
+      {"lower-case names", kDefaultMachineId, json{{"comment", "x"}, {"sha1", kSha1}}.dump(),
+       "application/json", 400, "MissingRequiredParameter"},
+      {"not json", kDefaultMachineId, "Comment=x&Sha1=y", "application/json", 400,
+       "InvalidRequestBody"},
+      {"json array", kDefaultMachineId, "[]", "application/json", 400, "InvalidRequestBody"},
+      {"form content type", kDefaultMachineId, QuarantineBody("x"),
+       "application/x-www-form-urlencoded", 400, "InvalidRequestBody"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    httplib::Result res =
+        Client()->Post(QuarantinePath(c.machine), Auth(token), c.body, c.content_type);
+    ExpectDefenderError(res, c.status, c.code);
+  }
+  httplib::Result absent =
+      Quarantine(token, kDefaultMachineId, QuarantineBody("x", kAbsentSha1));
+  ASSERT_TRUE(absent);
+  EXPECT_THAT(Parse(absent->body)["error"]["message"].get<std::string>(),
+              HasSubstr("was not found in machine"));
+
+  httplib::Result list = Get(token, "/api/machineactions");
+  ASSERT_TRUE(list);
+  EXPECT_EQ(Parse(list->body)["value"], json::array()) << "no failed call created an action";
+}
+
+TEST_F(SandboxTest, SecondRequestWhileActiveIsRefused) {
+  const std::string token = Token();
+  httplib::Result first = Quarantine(token, kDefaultMachineId, QuarantineBody("one"));
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->status, 201);
+  httplib::Result second = Quarantine(token, kDefaultMachineId, QuarantineBody("two"));
+  ExpectDefenderError(second, 400, "ActiveRequestAlreadyExists");
+  EXPECT_EQ(Parse(second->body)["error"]["message"], "Action is already in progress");
+  // Another machine, or another file, is independent.
+  httplib::Result other = Quarantine(token, kOtherMachine, QuarantineBody("three"));
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 201);
+  other = Quarantine(token, kDefaultMachineId, QuarantineBody("four", kKnownFileSha1));
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 201);
+}
+
+TEST_F(SandboxTest, StatusProgressesWithTime) {
+  SandboxOptions options;
+  options.action_step = absl::Milliseconds(300);
+  StartSandbox(options);
+  const std::string token = Token();
+  httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("progress"));
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 201);
+  json created = Parse(res->body);
+  const std::string id = created["id"];
+  EXPECT_EQ(created["status"], "Pending");
+
+  const std::vector<std::string> order = {"Pending", "InProgress", "Succeeded"};
+  size_t last_index = 0;
+  json final_action;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    httplib::Result got = Get(token, absl::StrCat("/api/machineactions/", id));
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->status, 200);
+    json a = Parse(got->body);
+    auto it = std::find(order.begin(), order.end(), a["status"].get<std::string>());
+    ASSERT_NE(it, order.end()) << a["status"];
+    size_t index = static_cast<size_t>(it - order.begin());
+    EXPECT_GE(index, last_index) << "status went backwards";
+    last_index = index;
+    if (a["status"] == "Succeeded") {
+      final_action = a;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(final_action["status"], "Succeeded");
+  // lastUpdate is exactly creation + 2 steps.
+  EXPECT_EQ(ParseTime7(final_action["lastUpdateDateTimeUtc"]),
+            ParseTime7(created["creationDateTimeUtc"]) + absl::Milliseconds(600));
+  // A final action no longer blocks a new one for the same file.
+  httplib::Result again = Quarantine(token, kDefaultMachineId, QuarantineBody("again"));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 201);
+}
+
+TEST_F(SandboxTest, GetUnknownActionIs404) {
+  ExpectDefenderError(Get(Token(), "/api/machineactions/00000000-0000-4000-8000-000000000000"),
+                      404, "ResourceNotFound");
+}
+
+// ---------------------------------------------------------------------------
+// Listing actions.
+
+TEST_F(SandboxTest, FilterQuery) {
+  const std::string token = Token();
+  std::vector<std::string> ids;
+  for (const auto& [machine, sha1] :
+       std::vector<std::pair<std::string, std::string>>{{kDefaultMachineId, kSha1},
+                                                        {kOtherMachine, kSha1},
+                                                        {kDefaultMachineId, kKnownFileSha1}}) {
+    httplib::Result res = Quarantine(token, machine, QuarantineBody("filter", sha1));
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 201);
+    ids.push_back(Parse(res->body)["id"]);
+    absl::SleepFor(absl::Milliseconds(2));  // distinct creation times
+  }
+  auto list = [&](const std::string& filter, const std::string& top = "") {
+    httplib::Params params;
+    if (!filter.empty()) params.emplace("$filter", filter);
+    if (!top.empty()) params.emplace("$top", top);
+    httplib::Result res = Get(token, "/api/machineactions", params);
+    EXPECT_TRUE(res);
+    std::vector<std::string> found;
+    if (!res) return found;
+    EXPECT_EQ(res->status, 200) << res->body;
+    json body = Parse(res->body);
+    EXPECT_THAT(body["@odata.context"].get<std::string>(), HasSubstr("MachineActions"));
+    for (const json& a : body["value"]) found.push_back(a["id"]);
+    return found;
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(list(""), (V{ids[2], ids[1], ids[0]})) << "newest first";
+  EXPECT_EQ(list(absl::StrCat("machineId eq '", kDefaultMachineId, "'")), (V{ids[2], ids[0]}));
+  EXPECT_EQ(list(absl::StrCat("machineId eq '", kDefaultMachineId,
+                              "' and type eq 'StopAndQuarantineFile'")),
+            (V{ids[2], ids[0]}));
+  EXPECT_EQ(list("type eq 'Isolate'"), V{});
+  EXPECT_EQ(list("status eq 'Pending'").size(), 3u);
+  EXPECT_EQ(list("status eq 'Succeeded'"), V{});
+  EXPECT_EQ(list(absl::StrCat("requestor eq '", kClient, "'")).size(), 3u);
+  EXPECT_EQ(list("creationDateTimeUtc ge 2020-01-01T00:00:00Z").size(), 3u);
+  EXPECT_EQ(list("creationDateTimeUtc gt 2999-01-01T00:00:00.1234567Z"), V{});
+  EXPECT_EQ(list("", "1"), V{ids[2]});
+  EXPECT_EQ(list(absl::StrCat("machineId eq '", kOtherMachine, "'"), "5"), V{ids[1]});
+
+  for (const std::string bad : {"computerDnsName eq 'x'", "machineId gt 'x'",
+                                "machineId eq 'unterminated", "creationDateTimeUtc ge yesterday",
+                                "machineId eq 'x' or type eq 'y'"}) {
+    SCOPED_TRACE(bad);
+    ExpectDefenderError(Get(token, "/api/machineactions", {{"$filter", bad}}), 400, "ODataError");
+  }
+  ExpectDefenderError(Get(token, "/api/machineactions", {{"$top", "-1"}}), 400, "ODataError");
+  ExpectDefenderError(Get(token, "/api/machineactions", {{"$orderby", "id"}}), 400, "ODataError");
+}
+
+TEST_F(SandboxTest, CancelAnAction) {
+  const std::string token = Token();
+  httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("to cancel"));
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 201);
+  const std::string id = Parse(res->body)["id"];
+  const std::string cancel_path = absl::StrCat("/api/machineactions/", id, "/cancel");
+  const std::string comment = "changed my mind \"now\"";
+
+  httplib::Result cancelled = Client()->Post(cancel_path, Auth(token),
+                                             json{{"Comment", comment}}.dump(), "application/json");
+  ASSERT_TRUE(cancelled);
+  ASSERT_EQ(cancelled->status, 200) << cancelled->body;
+  json a = Parse(cancelled->body);
+  EXPECT_EQ(a["id"], id);
+  EXPECT_EQ(a["status"], "Cancelled");
+  EXPECT_EQ(a["cancellationRequestor"], kClient);
+  EXPECT_EQ(a["cancellationComment"], comment);
+  ASSERT_TRUE(a["cancellationDateTimeUtc"].is_string());
+  EXPECT_EQ(a["lastUpdateDateTimeUtc"], a["cancellationDateTimeUtc"]);
+
+  httplib::Result got = Get(token, absl::StrCat("/api/machineactions/", id));
+  ASSERT_TRUE(got);
+  EXPECT_EQ(Parse(got->body)["status"], "Cancelled");
+  EXPECT_EQ(Get(token, "/api/machineactions", {{"$filter", "status eq 'Cancelled'"}})->body,
+            Get(token, "/api/machineactions")->body);
+
+  // Final: cannot cancel again; unknown ids are 404; a new request is allowed.
+  ExpectDefenderError(Client()->Post(cancel_path, Auth(token), json{{"Comment", "again"}}.dump(),
+                                     "application/json"),
+                      400, "BadRequest");
+  ExpectDefenderError(
+      Client()->Post("/api/machineactions/00000000-0000-4000-8000-000000000000/cancel",
+                     Auth(token), json{{"Comment", "x"}}.dump(), "application/json"),
+      404, "ResourceNotFound");
+  httplib::Result again = Quarantine(token, kDefaultMachineId, QuarantineBody("again"));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 201);
+}
+
+// ---------------------------------------------------------------------------
+// Machines and files.
+
+TEST_F(SandboxTest, MachinesAndFiles) {
+  const std::string token = Token();
+  auto by_name = [&](const std::string& name) {
+    httplib::Result res =
+        Get(token, "/api/machines", {{"$filter", absl::StrCat("computerDnsName eq '", name, "'")}});
+    EXPECT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    return Parse(res->body)["value"];
+  };
+  json one = by_name("desktop-1.contoso.com");
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0]["id"], kDefaultMachineId);
+  EXPECT_EQ(one[0]["osPlatform"], "Windows11");
+  EXPECT_EQ(one[0]["healthStatus"], "Active");
+  EXPECT_TRUE(one[0]["lastSeen"].is_string());
+  EXPECT_EQ(by_name("dup.contoso.com").size(), 2u);
+  EXPECT_EQ(by_name("nobody.contoso.com").size(), 0u);
+
+  httplib::Result machine = Get(token, absl::StrCat("/api/machines/", kLinuxMachine));
+  ASSERT_TRUE(machine);
+  EXPECT_EQ(machine->status, 200);
+  EXPECT_EQ(Parse(machine->body)["osPlatform"], "Linux");
+  ExpectDefenderError(Get(token, "/api/machines/ffffffffffffffffffffffffffffffffffffffff"), 404,
+                      "ResourceNotFound");
+
+  for (const char* hash : {kKnownFileSha1, kKnownFileSha256}) {
+    httplib::Result file = Get(token, absl::StrCat("/api/files/", hash));
+    ASSERT_TRUE(file);
+    ASSERT_EQ(file->status, 200);
+    json f = Parse(file->body);
+    EXPECT_EQ(f["sha1"], kKnownFileSha1);
+    EXPECT_EQ(f["sha256"], kKnownFileSha256);
+    EXPECT_EQ(f["md5"], "900150983cd24fb0d6963f7d28e17f72");
+    EXPECT_EQ(f["size"], 3);
+    EXPECT_EQ(f["fileType"], "PortableExecutable");
+    EXPECT_EQ(f["isPeFile"], true);
+  }
+  ExpectDefenderError(Get(token, absl::StrCat("/api/files/", kSha1)), 404, "ResourceNotFound");
+  httplib::Result seen = Get(token, absl::StrCat("/api/files/", kKnownFileSha1, "/machines"));
+  ASSERT_TRUE(seen);
+  EXPECT_FALSE(Parse(seen->body)["value"].empty());
+}
+
+TEST_F(SandboxTest, CustomMachines) {
+  SandboxOptions options;
+  options.machines = {{"abcdefabcdefabcdefabcdefabcdefabcdefabcd", "only.example", "Windows10"}};
+  StartSandbox(options);
+  const std::string token = Token();
+  httplib::Result res = Get(token, "/api/machines");
+  ASSERT_TRUE(res);
+  json value = Parse(res->body)["value"];
+  ASSERT_EQ(value.size(), 1u);
+  EXPECT_EQ(value[0]["computerDnsName"], "only.example");
+  ExpectDefenderError(Quarantine(token, kDefaultMachineId, QuarantineBody("x")), 404,
+                      "ResourceNotFound");
+
+  options.machines = {{"not-hex", "bad.example", "Windows10"}};
+  EXPECT_EQ(Sandbox::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---------------------------------------------------------------------------
+// Faults.
+
+TEST_F(SandboxTest, FaultRespondsWithStatusAndRetryAfter) {
+  const std::string token = Token();
+  FaultRule rule;
+  rule.method = "POST";
+  rule.path_regex = "/StopAndQuarantineFile$";
+  rule.status = 429;
+  rule.retry_after = "7";
+  rule.times = 2;
+  sandbox_->AddFault(rule);
+  for (int i = 0; i < 2; ++i) {
+    httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("throttled"));
+    ExpectDefenderError(res, 429, "TooManyRequests");
+    EXPECT_EQ(res->get_header_value("Retry-After"), "7");
+  }
+  // GETs do not match the rule's method.
+  httplib::Result list = Get(token, "/api/machineactions");
+  ASSERT_TRUE(list);
+  EXPECT_EQ(list->status, 200);
+  EXPECT_EQ(Parse(list->body)["value"], json::array()) << "faulted calls created nothing";
+  // Used up: the third call is real.
+  httplib::Result real = Quarantine(token, kDefaultMachineId, QuarantineBody("real"));
+  ASSERT_TRUE(real);
+  EXPECT_EQ(real->status, 201);
+  EXPECT_FALSE(real->has_header("Retry-After"));
+  EXPECT_EQ(sandbox_->Requests().size(), 5u) << "token + 2 faulted + list + real";
+}
+
+TEST_F(SandboxTest, FaultWithCustomBodyDelayAndForever) {
+  FaultRule rule;
+  rule.path_regex = "^/api/machines$";
+  rule.status = 503;
+  rule.body = "<html>upstream down</html>";
+  rule.delay = absl::Milliseconds(100);
+  rule.times = -1;
+  sandbox_->AddFault(rule);
+  const std::string token = Token();  // the token path does not match
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time start = absl::Now();
+    httplib::Result res = Get(token, "/api/machines");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 503);
+    EXPECT_EQ(res->body, "<html>upstream down</html>");
+    EXPECT_GE(absl::Now() - start, absl::Milliseconds(100));
+  }
+  sandbox_->ClearFaults();
+  httplib::Result res = Get(token, "/api/machines");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+TEST_F(SandboxTest, FaultsCanHitTheTokenEndpoint) {
+  FaultRule rule;
+  rule.path_regex = "oauth2";
+  rule.status = 500;
+  sandbox_->AddFault(rule);
+  httplib::Result res = RequestToken(GoodTokenParams());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 500);
+  EXPECT_EQ(sandbox_->TokenRequests(), 1);
+  EXPECT_FALSE(Token().empty());
+  EXPECT_EQ(sandbox_->TokenRequests(), 2);
+}
+
+TEST_F(SandboxTest, DropConnectionGivesAClientErrorAndRunsNothing) {
+  const std::string token = Token();
+  FaultRule rule;
+  rule.path_regex = "StopAndQuarantineFile";
+  rule.kind = FaultRule::Kind::kDropConnection;
+  sandbox_->AddFault(rule);
+  httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("dropped"));
+  EXPECT_FALSE(res) << "got a response: " << res->status;
+  EXPECT_NE(res.error(), httplib::Error::Success);
+
+  std::vector<RecordedRequest> requests = sandbox_->Requests();
+  ASSERT_EQ(requests.size(), 2u) << "the dropped request is recorded";
+  EXPECT_EQ(requests[1].body, QuarantineBody("dropped"));
+  httplib::Result list = Get(token, "/api/machineactions");
+  ASSERT_TRUE(list);
+  EXPECT_EQ(Parse(list->body)["value"], json::array()) << "the real handler did not run";
+  httplib::Result real = Quarantine(token, kDefaultMachineId, QuarantineBody("retried"));
+  ASSERT_TRUE(real);
+  EXPECT_EQ(real->status, 201);
+}
+
+TEST_F(SandboxTest, DropConnectionOnAKeepAliveConnection) {
+  const std::string token = Token();
+  auto client = Client();
+  client->set_keep_alive(true);
+  httplib::Result first = client->Get("/api/machines", Auth(token));
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 200);
+  FaultRule rule;
+  rule.kind = FaultRule::Kind::kDropConnection;
+  sandbox_->AddFault(rule);
+  httplib::Result dropped = client->Get("/api/machines", Auth(token));
+  EXPECT_FALSE(dropped);
+  httplib::Result after = client->Get("/api/machines", Auth(token));
+  ASSERT_TRUE(after) << httplib::to_string(after.error());
+  EXPECT_EQ(after->status, 200);
+}
+
+TEST_F(SandboxTest, MalformedBodyKeepsStatusAndRunsTheHandler) {
+  const std::string token = Token();
+  FaultRule rule;
+  rule.path_regex = "StopAndQuarantineFile";
+  rule.kind = FaultRule::Kind::kMalformedBody;
+  rule.retry_after = "3";
+  sandbox_->AddFault(rule);
+  httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("malformed"));
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 201);
+  EXPECT_EQ(res->get_header_value("Retry-After"), "3");
+  EXPECT_TRUE(Parse(res->body).is_discarded()) << res->body;
+  httplib::Result list = Get(token, "/api/machineactions");
+  ASSERT_TRUE(list);
+  EXPECT_EQ(Parse(list->body)["value"].size(), 1u) << "the action was created";
+}
+
+TEST_F(SandboxTest, SlowBodyArrivesCompleteButLate) {
+  const std::string token = Token();
+  httplib::Result normal = Get(token, absl::StrCat("/api/machines/", kDefaultMachineId));
+  ASSERT_TRUE(normal);
+  FaultRule rule;
+  rule.path_regex = "^/api/machines/";
+  rule.kind = FaultRule::Kind::kSlowBody;
+  rule.delay = absl::Milliseconds(2);
+  sandbox_->AddFault(rule);
+  const absl::Time start = absl::Now();
+  httplib::Result slow = Get(token, absl::StrCat("/api/machines/", kDefaultMachineId));
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(slow) << httplib::to_string(slow.error());
+  EXPECT_EQ(slow->status, 200);
+  EXPECT_EQ(slow->body, normal->body);
+  EXPECT_THAT(slow->get_header_value("Content-Type"), StartsWith("application/json"));
+  const size_t chunks = (normal->body.size() + 7) / 8;
+  EXPECT_GE(took, absl::Milliseconds(2) * static_cast<int64_t>(chunks - 1)) << took;
+}
+
+TEST_F(SandboxTest, OversizeBodyIs16MiB) {
+  const std::string token = Token();
+  FaultRule rule;
+  rule.kind = FaultRule::Kind::kOversizeBody;
+  sandbox_->AddFault(rule);
+  httplib::Result res = Get(token, "/api/machineactions");
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body.size(), 16u * 1024 * 1024);
+  EXPECT_EQ(res->body.front(), '{');
+  EXPECT_EQ(res->body.back(), '}');
+}
+
+TEST_F(SandboxTest, InvalidFaultRegexMatchesNothing) {
+  FaultRule rule;
+  rule.path_regex = "([unclosed";
+  rule.status = 500;
+  sandbox_->AddFault(rule);
+  httplib::Result res = Get(Token(), "/api/machines");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+TEST_F(SandboxTest, StoppingCutsFaultDelaysShort) {
+  FaultRule rule;
+  rule.status = 500;
+  rule.delay = absl::Seconds(60);
+  sandbox_->AddFault(rule);
+  std::atomic<bool> answered{false};
+  auto client = Client();
+  std::thread caller([&] {
+    client->Get("/api/machines");
+    answered = true;
+  });
+  // Wait until the request is in the sandbox, then stop it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (sandbox_->Requests().empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Time start = absl::Now();
+  sandbox_.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  caller.join();
+  EXPECT_TRUE(answered);
+}
+
+// ---------------------------------------------------------------------------
+// Recording and control endpoints.
+
+TEST_F(SandboxTest, RequestsAreRecorded) {
+  const std::string token = Token();
+  httplib::Result res = Get(token, "/api/machines", {{"$filter", "osPlatform eq 'Linux'"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(Parse(res->body)["value"].size(), 1u);
+  Client()->Get("/sandbox/health");
+  std::vector<RecordedRequest> requests = sandbox_->Requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].method, "POST");
+  EXPECT_EQ(requests[0].path, TokenPath());
+  EXPECT_THAT(requests[0].body, HasSubstr("grant_type=client_credentials"));
+  EXPECT_THAT(requests[0].Header("content-type"),
+              StartsWith("application/x-www-form-urlencoded"));
+  EXPECT_EQ(requests[1].method, "GET");
+  EXPECT_EQ(requests[1].path, "/api/machines");
+  EXPECT_THAT(requests[1].target, StartsWith("/api/machines?"));
+  EXPECT_THAT(requests[1].target, HasSubstr("filter=osPlatform%20eq%20%27Linux%27"));
+  EXPECT_EQ(requests[1].Header("authorization"), absl::StrCat("Bearer ", token));
+  EXPECT_EQ(requests[1].Header("REMOTE_ADDR"), "") << "httplib's pseudo headers are dropped";
+  sandbox_->ClearRequests();
+  EXPECT_TRUE(sandbox_->Requests().empty());
+}
+
+TEST_F(SandboxTest, ControlEndpoints) {
+  auto client = Client();
+  const std::string token = Token();
+
+  // A fault over HTTP.
+  json fault = {{"method", "GET"},     {"path_regex", "^/api/machines$"},
+                {"times", 1},          {"status", 503},
+                {"retry_after", "2"},  {"delay_ms", 1},
+                {"kind", "respond"}};
+  httplib::Result added = client->Post("/sandbox/faults", fault.dump(), "application/json");
+  ASSERT_TRUE(added);
+  EXPECT_EQ(added->status, 200) << added->body;
+  httplib::Result hit = Get(token, "/api/machines");
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->status, 503);
+  EXPECT_EQ(hit->get_header_value("Retry-After"), "2");
+  for (const std::string bad : {R"({"kind":"explode"})", R"({"path_regex":"(["})",
+                                R"({"unknown":1})", "[]", "not json"}) {
+    httplib::Result rejected = client->Post("/sandbox/faults", bad, "application/json");
+    ASSERT_TRUE(rejected);
+    EXPECT_EQ(rejected->status, 400) << bad;
+  }
+  added = client->Post("/sandbox/faults", R"({"kind":"drop"})", "application/json");
+  ASSERT_TRUE(added);
+  httplib::Result cleared = client->Delete("/sandbox/faults");
+  ASSERT_TRUE(cleared);
+  EXPECT_EQ(cleared->status, 200);
+  httplib::Result fine = Get(token, "/api/machines");
+  ASSERT_TRUE(fine);
+  EXPECT_EQ(fine->status, 200);
+
+  // Recorded requests over HTTP.
+  httplib::Result requests = client->Get("/sandbox/requests");
+  ASSERT_TRUE(requests);
+  json list = Parse(requests->body);
+  ASSERT_TRUE(list.is_array());
+  ASSERT_EQ(list.size(), 3u);  // token, 503, 200
+  EXPECT_EQ(list[1]["method"], "GET");
+  EXPECT_EQ(list[1]["path"], "/api/machines");
+  EXPECT_EQ(list[1]["headers"]["Authorization"], absl::StrCat("Bearer ", token));
+  EXPECT_EQ(list[0]["body"].get<std::string>(), sandbox_->Requests()[0].body);
+  ASSERT_TRUE(client->Delete("/sandbox/requests"));
+  EXPECT_TRUE(sandbox_->Requests().empty());
+
+  // Token expiry and reset.
+  ASSERT_TRUE(client->Post("/sandbox/expire-tokens", "", "application/json"));
+  ExpectDefenderError(Get(token, "/api/machines"), 401, "Unauthorized");
+  const std::string fresh = Token();
+  httplib::Result created = Quarantine(fresh, kDefaultMachineId, QuarantineBody("x"));
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->status, 201);
+  ASSERT_TRUE(client->Post("/sandbox/reset", "", "application/json"));
+  EXPECT_TRUE(sandbox_->Requests().empty());
+  EXPECT_EQ(sandbox_->TokenRequests(), 0);
+  ExpectDefenderError(Get(fresh, "/api/machines"), 401, "Unauthorized");
+  httplib::Result actions = Get(Token(), "/api/machineactions");
+  ASSERT_TRUE(actions);
+  EXPECT_EQ(Parse(actions->body)["value"], json::array());
+
+  httplib::Result unknown = client->Get("/sandbox/nothing");
+  ASSERT_TRUE(unknown);
+  EXPECT_EQ(unknown->status, 404);
+}
+
+TEST_F(SandboxTest, UnknownPathsAndMethods) {
+  const std::string token = Token();
+  ExpectDefenderError(Get(token, "/api/nothing"), 404, "NotFound");
+  ExpectDefenderError(Client()->Delete(absl::StrCat("/api/machines/", kDefaultMachineId)), 405,
+                      "MethodNotAllowed");
+}
+
+TEST_F(SandboxTest, ManyConcurrentClients) {
+  const std::string token = Token();
+  constexpr int kCallers = 24;
+  std::vector<std::thread> threads;
+  std::atomic<int> created{0};
+  for (int i = 0; i < kCallers; ++i) {
+    threads.emplace_back([&, i] {
+      std::string sha1 = std::string(38, 'a') + absl::StrCat(10 + i);
+      httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("many", sha1));
+      if (res && res->status == 201) ++created;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(created.load(), kCallers);
+  EXPECT_EQ(sandbox_->Requests().size(), static_cast<size_t>(kCallers + 1));
+}
+
+TEST(SandboxStartTest, RejectsBadOptionsAndBusyPorts) {
+  SandboxOptions options;
+  options.threads = 0;
+  EXPECT_EQ(Sandbox::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+  auto first = Sandbox::Start(SandboxOptions());
+  ASSERT_TRUE(first.ok()) << first.status();
+  SandboxOptions same;
+  same.port = (*first)->port();
+  EXPECT_EQ(Sandbox::Start(same).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace defender::sandbox

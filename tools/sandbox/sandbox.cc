@@ -553,11 +553,14 @@ absl::Status Sandbox::Impl::Init() {
         SetDefenderError(res, 500, "InternalServerError", "The sandbox failed (exception).");
       });
 
-  // httplib listens with a backlog of 5; remember the listening socket so its
-  // backlog can be raised (tests open many connections at once).
+  // httplib's default socket options set SO_REUSEPORT, which lets a second
+  // server bind a busy port: use SO_REUSEADDR only. httplib also listens with a
+  // backlog of 5; remember the listening socket so its backlog can be raised
+  // (tests open many connections at once).
   int listen_fd = -1;
   server_->set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     listen_fd = sock;
   });
   if (o.port == 0) {
@@ -572,7 +575,7 @@ absl::Status Sandbox::Impl::Init() {
     }
     port_ = o.port;
   }
-  server_->set_socket_options(httplib::default_socket_options);
+  server_->set_socket_options([](socket_t) {});
   if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
 
   base_url_ = absl::StrContains(o.host, ':') ? absl::StrCat("https://[", o.host, "]:", port_)
