@@ -268,6 +268,17 @@ class CurlTransport::Impl {
   explicit Impl(CurlTransportOptions options) : options_(std::move(options)) {}
 
   ~Impl() {
+    Stop();
+    // Easy handles are gone (the loop cleans them up before it exits), so
+    // the share is no longer in use.
+    if (multi_ != nullptr) curl_multi_cleanup(multi_);
+    if (share_ != nullptr) curl_share_cleanup(share_);
+  }
+
+  // Stop ends the loop after completing everything with CANCELLED. Called
+  // by ~CurlTransport while the object is still whole, since cancelled
+  // callbacks may call Send.
+  void Stop() {
     if (thread_.joinable()) {
       if (std::this_thread::get_id() == thread_.get_id()) {
         std::fprintf(stderr, "CurlTransport destroyed from its own callback\n");
@@ -280,10 +291,6 @@ class CurlTransport::Impl {
       curl_multi_wakeup(multi_);
       thread_.join();
     }
-    // Easy handles are gone (the loop cleans them up before it exits), so
-    // the share is no longer in use.
-    if (multi_ != nullptr) curl_multi_cleanup(multi_);
-    if (share_ != nullptr) curl_share_cleanup(share_);
   }
 
   absl::Status Start() {
@@ -572,7 +579,7 @@ absl::StatusOr<std::unique_ptr<CurlTransport>> CurlTransport::Create(
 
 CurlTransport::CurlTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-CurlTransport::~CurlTransport() = default;
+CurlTransport::~CurlTransport() { impl_->Stop(); }
 
 void CurlTransport::Send(HttpRequest request, Callback done) {
   impl_->Send(std::move(request), std::move(done));

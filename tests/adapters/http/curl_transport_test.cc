@@ -1,1 +1,880 @@
-// placeholder: being written
+// Tests of CurlTransport against real HTTPS servers on 127.0.0.1: an
+// httplib::SSLServer for well-behaved exchanges and a raw OpenSSL server for
+// broken ones, both with throwaway certificates from the sandbox.
+#include "adapters/http/curl_transport.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "adapters/common/error.h"
+#include "adapters/http/http_transport.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "tools/sandbox/certs.h"
+
+namespace defender::http {
+namespace {
+
+// A peer closing a socket mid-write must fail the write, not kill the binary.
+const bool kSigpipeIgnored = [] {
+  std::signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
+
+// Generous bound for anything that should happen "soon" on a loaded machine.
+constexpr absl::Duration kWait = absl::Seconds(20);
+
+// TempFile writes `content` to a fresh file and removes it when destroyed.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& content) {
+    std::string pattern = testing::TempDir() + "/curl_transport_test.XXXXXX";
+    const int fd = mkstemp(pattern.data());
+    if (fd < 0) std::abort();
+    path_ = pattern;
+    if (write(fd, content.data(), content.size()) != static_cast<ssize_t>(content.size())) {
+      std::abort();
+    }
+    close(fd);
+  }
+  ~TempFile() { unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Outcome collects one callback's result and checks it comes exactly once, on
+// another thread than the test's.
+class Outcome {
+ public:
+  HttpTransport::Callback Callback() {
+    return [this](absl::StatusOr<HttpResponse> result) {
+      {
+        absl::MutexLock lock(&mu_);
+        result_ = std::move(result);
+        thread_ = std::this_thread::get_id();
+      }
+      if (calls_.fetch_add(1) == 0) done_.Notify();
+    };
+  }
+  // Wait returns the result, failing the test if it does not come in time.
+  absl::StatusOr<HttpResponse> Wait() {
+    EXPECT_TRUE(done_.WaitForNotificationWithTimeout(kWait)) << "no callback";
+    absl::MutexLock lock(&mu_);
+    EXPECT_NE(thread_, std::this_thread::get_id());
+    return result_;
+  }
+  bool HasCompleted() const { return done_.HasBeenNotified(); }
+  int calls() const { return calls_.load(); }
+
+ private:
+  absl::Notification done_;
+  std::atomic<int> calls_{0};
+  absl::Mutex mu_;
+  absl::StatusOr<HttpResponse> result_ ABSL_GUARDED_BY(mu_) = absl::UnknownError("unset");
+  std::thread::id thread_ ABSL_GUARDED_BY(mu_);
+};
+
+std::string RequestSent(const absl::Status& status) {
+  auto info = GetErrorInfo(status);
+  if (!info) return "<no ErrorInfo>";
+  auto it = info->metadata().find("request_sent");
+  return it == info->metadata().end() ? "<missing>" : it->second;
+}
+
+// ExpectError checks the code, reason and "request_sent" of a failed result.
+void ExpectError(const absl::StatusOr<HttpResponse>& result, absl::StatusCode code,
+                 const std::string& reason, const std::string& request_sent) {
+  ASSERT_FALSE(result.ok()) << "status " << result->status;
+  EXPECT_EQ(result.status().code(), code) << result.status();
+  EXPECT_EQ(ErrorReason(result.status()), reason) << result.status();
+  EXPECT_EQ(RequestSent(result.status()), request_sent) << result.status();
+}
+
+const sandbox::CertBundle& Certs() {
+  static const auto* certs = [] {
+    auto generated = sandbox::GenerateCertificates({"127.0.0.1", "localhost"});
+    if (!generated.ok()) {
+      std::fprintf(stderr, "GenerateCertificates: %s\n", generated.status().ToString().c_str());
+      std::abort();
+    }
+    return new sandbox::CertBundle(*std::move(generated));
+  }();
+  return *certs;
+}
+
+// TlsServer is an httplib::SSLServer on 127.0.0.1 with an ephemeral port.
+class TlsServer {
+ public:
+  explicit TlsServer(const sandbox::CertBundle& certs)
+      : cert_(certs.cert_pem),
+        key_(certs.key_pem),
+        server_(cert_.path().c_str(), key_.path().c_str()) {
+    // More threads than the transport opens connections (16 per host), so
+    // keep-alive connections never starve each other.
+    server_.new_task_queue = [] { return new httplib::ThreadPool(32); };
+    server_.set_keep_alive_max_count(1000);
+    server_.set_keep_alive_timeout(2);
+  }
+  ~TlsServer() { Stop(); }
+
+  httplib::Server& server() { return server_; }
+
+  // Start begins serving; call after registering the handlers.
+  void Start() {
+    ASSERT_TRUE(server_.is_valid());
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    ASSERT_GT(port_, 0);
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    // httplib's stop() is a no-op until the server runs: wait for it.
+    const absl::Time give_up = absl::Now() + kWait;
+    while (!server_.is_running() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
+    ASSERT_TRUE(server_.is_running());
+  }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    server_.stop();
+    thread_.join();
+  }
+  std::string Url(const std::string& path) const {
+    return absl::StrCat("https://127.0.0.1:", port_, path);
+  }
+
+ private:
+  TempFile cert_;
+  TempFile key_;
+  httplib::SSLServer server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// RawTlsServer accepts connections one at a time on 127.0.0.1, completes the
+// TLS handshake and hands the connection to `handler`, then closes the socket
+// without a TLS close_notify (as a crashing server would).
+class RawTlsServer {
+ public:
+  using Handler = std::function<void(SSL*)>;
+
+  RawTlsServer(const sandbox::CertBundle& certs, Handler handler)
+      : handler_(std::move(handler)) {
+    ctx_ = SSL_CTX_new(TLS_server_method());
+    BIO* cert_bio = BIO_new_mem_buf(certs.cert_pem.data(), static_cast<int>(certs.cert_pem.size()));
+    BIO* key_bio = BIO_new_mem_buf(certs.key_pem.data(), static_cast<int>(certs.key_pem.size()));
+    X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+    if (cert == nullptr || key == nullptr || SSL_CTX_use_certificate(ctx_, cert) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx_, key) != 1) {
+      std::abort();
+    }
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    BIO_free(cert_bio);
+    BIO_free(key_bio);
+
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        listen(listen_fd_, 16) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      std::abort();
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~RawTlsServer() {
+    stopping_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);  // wakes accept()
+    thread_.join();
+    close(listen_fd_);
+    SSL_CTX_free(ctx_);
+  }
+
+  std::string Url(const std::string& path) const {
+    return absl::StrCat("https://127.0.0.1:", port_, path);
+  }
+
+  // ReadHead reads a request up to the end of its header block.
+  static std::string ReadHead(SSL* ssl) {
+    std::string data;
+    char buf[4096];
+    while (data.find("\r\n\r\n") == std::string::npos) {
+      const int n = SSL_read(ssl, buf, sizeof(buf));
+      if (n <= 0) break;
+      data.append(buf, n);
+    }
+    return data;
+  }
+  static void Write(SSL* ssl, const std::string& data) {
+    SSL_write(ssl, data.data(), static_cast<int>(data.size()));
+  }
+
+ private:
+  void Serve() {
+    while (!stopping_) {
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) return;
+      timeval timeout{5, 0};  // never let a silent client wedge the server
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+      SSL* ssl = SSL_new(ctx_);
+      SSL_set_fd(ssl, fd);
+      if (SSL_accept(ssl) == 1) handler_(ssl);
+      SSL_free(ssl);
+      close(fd);
+    }
+  }
+
+  Handler handler_;
+  SSL_CTX* ctx_ = nullptr;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+std::unique_ptr<CurlTransport> MakeTransport(CurlTransportOptions options) {
+  auto transport = CurlTransport::Create(std::move(options));
+  if (!transport.ok()) {
+    ADD_FAILURE() << transport.status();
+    return nullptr;
+  }
+  return *std::move(transport);
+}
+
+// A closed port on 127.0.0.1 (bound, then released).
+int ClosedPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), len);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of http_transport.h
+
+TEST(HttpResponseTest, HeaderIsCaseInsensitiveAndReturnsTheFirst) {
+  HttpResponse response;
+  response.headers = {{"Content-Type", "application/json"}, {"X-Twice", "one"},
+                      {"x-twice", "two"}};
+  EXPECT_EQ(response.Header("content-type"), "application/json");
+  EXPECT_EQ(response.Header("CONTENT-TYPE"), "application/json");
+  EXPECT_EQ(response.Header("X-TWICE"), "one");
+  EXPECT_EQ(response.Header("Retry-After"), "");
+}
+
+TEST(UrlEscapeTest, EscapesAllButUnreservedCharacters) {
+  EXPECT_EQ(UrlEscape(""), "");
+  EXPECT_EQ(UrlEscape("AZaz09-._~"), "AZaz09-._~");
+  EXPECT_EQ(UrlEscape("a b&c=d/e?f#g+h%"), "a%20b%26c%3Dd%2Fe%3Ff%23g%2Bh%25");
+  EXPECT_EQ(UrlEscape("\xc3\xa9"), "%C3%A9");
+  EXPECT_EQ(UrlEscape(std::string("a\0b", 3)), "a%00b");
+}
+
+TEST(UrlEscapeTest, HandlesInputsLargerThanLibcurlsLimit) {
+  const std::string big(9u << 20, ' ');  // over CURL_MAX_INPUT_LENGTH (8 MB)
+  const std::string escaped = UrlEscape(big);
+  ASSERT_EQ(escaped.size(), 3 * big.size());
+  EXPECT_EQ(escaped.substr(0, 6), "%20%20");
+  EXPECT_EQ(escaped.find_first_not_of("%20"), std::string::npos);
+}
+
+TEST(FormEncodeTest, JoinsEscapedPairs) {
+  EXPECT_EQ(FormEncode({}), "");
+  EXPECT_EQ(FormEncode({{"grant_type", "client_credentials"},
+                        {"scope", "https://api.securitycenter.microsoft.com/.default"},
+                        {"client secret", "a+b=c&d"},
+                        {"empty", ""}}),
+            "grant_type=client_credentials"
+            "&scope=https%3A%2F%2Fapi.securitycenter.microsoft.com%2F.default"
+            "&client%20secret=a%2Bb%3Dc%26d"
+            "&empty=");
+}
+
+// ---------------------------------------------------------------------------
+// Create
+
+TEST(CurlTransportCreateTest, RejectsAMissingCaFile) {
+  auto transport = CurlTransport::Create({.ca_file = "/nonexistent/ca.pem"});
+  ASSERT_FALSE(transport.ok());
+  EXPECT_EQ(transport.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ErrorReason(transport.status()), "INVALID_CONFIGURATION");
+}
+
+TEST(CurlTransportCreateTest, RejectsACaFileWithoutCertificates) {
+  TempFile not_pem("this is not a certificate\n");
+  auto transport = CurlTransport::Create({.ca_file = not_pem.path()});
+  ASSERT_FALSE(transport.ok());
+  EXPECT_EQ(transport.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---------------------------------------------------------------------------
+// Exchanges with a well-behaved HTTPS server
+
+class CurlTransportTest : public testing::Test {
+ protected:
+  CurlTransportTest() : ca_(Certs().ca_pem), server_(Certs()) {}
+
+  void TearDown() override {
+    // Connections close first, so the server's keep-alive loops end at once.
+    transport_.reset();
+    release_.Notify();
+    server_.Stop();
+  }
+
+  CurlTransportOptions Options() {
+    CurlTransportOptions options;
+    options.ca_file = ca_.path();
+    return options;
+  }
+  // StartAll starts the server (after the test registered its handlers) and a
+  // transport with `options`.
+  void StartAll(CurlTransportOptions options) {
+    server_.Start();
+    transport_ = MakeTransport(std::move(options));
+    ASSERT_NE(transport_, nullptr);
+  }
+  void StartAll() { StartAll(Options()); }
+
+  // Fetch sends one request and waits for its outcome.
+  absl::StatusOr<HttpResponse> Fetch(HttpRequest request) {
+    Outcome outcome;
+    transport_->Send(std::move(request), outcome.Callback());
+    return outcome.Wait();
+  }
+  static HttpRequest Get(std::string url) {
+    HttpRequest request;
+    request.url = std::move(url);
+    return request;
+  }
+
+  TempFile ca_;
+  TlsServer server_;
+  // Handlers that must hang wait for this (TearDown sets it).
+  absl::Notification release_;
+  std::unique_ptr<CurlTransport> transport_;
+};
+
+TEST_F(CurlTransportTest, GetRoundTrip) {
+  server_.server().Get("/api/machines", [](const httplib::Request& req, httplib::Response& res) {
+    res.set_header("X-Method", req.method);
+    res.set_header("X-Query", req.get_param_value("$filter"));
+    res.set_header("X-Auth", req.get_header_value("Authorization"));
+    res.set_header("X-UA", req.get_header_value("User-Agent"));
+    res.set_header("X-Expect", req.has_header("Expect") ? "present" : "absent");
+    res.set_content(R"({"value":[]})", "application/json");
+  });
+  StartAll();
+
+  HttpRequest request = Get(server_.Url("/api/machines?%24filter=a%20b"));
+  request.headers = {{"Authorization", "Bearer t0ken"}, {"Accept", "application/json"}};
+  auto response = Fetch(std::move(request));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, R"({"value":[]})");
+  EXPECT_EQ(response->Header("x-method"), "GET");
+  EXPECT_EQ(response->Header("X-Query"), "a b");
+  EXPECT_EQ(response->Header("X-Auth"), "Bearer t0ken");
+  EXPECT_EQ(response->Header("X-UA"), "defender-plugin/0.1");
+  EXPECT_EQ(response->Header("X-Expect"), "absent");
+  EXPECT_EQ(response->Header("Content-Type"), "application/json");
+}
+
+TEST_F(CurlTransportTest, PostRoundTripIsByteExact) {
+  std::string body;
+  for (int i = 0; i < 3; ++i) {
+    for (int c = 0; c < 256; ++c) body.push_back(static_cast<char>(c));
+  }
+  body += "\r\n\r\nafter a blank line";
+  std::string seen_body, seen_type, seen_method, seen_expect;
+  server_.server().Post("/echo", [&](const httplib::Request& req, httplib::Response& res) {
+    seen_body = req.body;
+    seen_type = req.get_header_value("Content-Type");
+    seen_method = req.method;
+    seen_expect = req.has_header("Expect") ? "present" : "absent";
+    res.status = 201;
+    res.set_header("Location", "/echo/1");
+    res.set_content(req.body, "application/octet-stream");
+  });
+  StartAll();
+
+  HttpRequest request;
+  request.method = "POST";
+  request.url = server_.Url("/echo");
+  request.headers = {{"Content-Type", "application/octet-stream"}};
+  request.body = body;
+  auto response = Fetch(std::move(request));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 201);
+  EXPECT_EQ(response->Header("Location"), "/echo/1");
+  EXPECT_EQ(response->body, body);
+  EXPECT_EQ(seen_body, body);
+  EXPECT_EQ(seen_method, "POST");
+  EXPECT_EQ(seen_type, "application/octet-stream");
+  EXPECT_EQ(seen_expect, "absent");
+}
+
+TEST_F(CurlTransportTest, OtherMethodsAreSentAsGiven) {
+  auto echo = [](const httplib::Request& req, httplib::Response& res) {
+    res.set_content(req.method + ":" + req.body, "text/plain");
+  };
+  server_.server().Put("/r", echo).Patch("/r", echo).Delete("/r", echo);
+  StartAll();
+
+  for (const auto& [method, body] : std::vector<std::pair<std::string, std::string>>{
+           {"PUT", "p"}, {"PATCH", "q"}, {"DELETE", ""}, {"PUT", ""}}) {
+    HttpRequest request;
+    request.method = method;
+    request.url = server_.Url("/r");
+    request.body = body;
+    auto response = Fetch(std::move(request));
+    ASSERT_TRUE(response.ok()) << method << ": " << response.status();
+    EXPECT_EQ(response->body, method + ":" + body);
+  }
+}
+
+TEST_F(CurlTransportTest, ErrorStatusesAreAnswersNotErrors) {
+  server_.server().Get("/missing", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 404;
+    res.set_content(R"({"error":{"code":"ResourceNotFound"}})", "application/json");
+  });
+  server_.server().Get("/busy", [](const httplib::Request&, httplib::Response& res) {
+    res.status = 503;
+    res.set_header("Retry-After", "7");
+    res.set_content("busy", "text/plain");
+  });
+  server_.server().Get("/moved", [](const httplib::Request&, httplib::Response& res) {
+    res.set_redirect("/missing");  // 302: returned, not followed
+  });
+  StartAll();
+
+  auto missing = Fetch(Get(server_.Url("/missing")));
+  ASSERT_TRUE(missing.ok()) << missing.status();
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_EQ(missing->body, R"({"error":{"code":"ResourceNotFound"}})");
+
+  auto busy = Fetch(Get(server_.Url("/busy")));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  EXPECT_EQ(busy->status, 503);
+  EXPECT_EQ(busy->Header("retry-after"), "7");
+
+  auto moved = Fetch(Get(server_.Url("/moved")));
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(moved->status, 302);
+  EXPECT_EQ(moved->Header("Location"), "/missing");
+}
+
+TEST_F(CurlTransportTest, DecodesCompressedAnswers) {
+  const std::string text(200000, 'a');
+  std::string accept_encoding;
+  server_.server().Get("/big", [&](const httplib::Request& req, httplib::Response& res) {
+    accept_encoding = req.get_header_value("Accept-Encoding");
+    res.set_content(text, "text/plain");  // httplib gzips it when allowed
+  });
+  StartAll();
+
+  auto response = Fetch(Get(server_.Url("/big")));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_TRUE(absl::StrContains(accept_encoding, "gzip")) << accept_encoding;
+  EXPECT_EQ(response->body, text);
+}
+
+TEST_F(CurlTransportTest, ManyConcurrentRequestsEachCompleteOnce) {
+  server_.server().Get(R"(/n/(\d+))", [](const httplib::Request& req, httplib::Response& res) {
+    res.set_content("answer " + std::string(req.matches[1]), "text/plain");
+  });
+  StartAll();
+
+  constexpr int kCount = 200;
+  std::vector<Outcome> outcomes(kCount);
+  for (int i = 0; i < kCount; ++i) {
+    transport_->Send(Get(server_.Url(absl::StrCat("/n/", i))), outcomes[i].Callback());
+  }
+  for (int i = 0; i < kCount; ++i) {
+    auto response = outcomes[i].Wait();
+    ASSERT_TRUE(response.ok()) << i << ": " << response.status();
+    EXPECT_EQ(response->body, absl::StrCat("answer ", i));
+  }
+  transport_.reset();  // nothing may come after the destructor
+  for (int i = 0; i < kCount; ++i) EXPECT_EQ(outcomes[i].calls(), 1) << i;
+}
+
+TEST_F(CurlTransportTest, SequentialRequestsReuseOneConnection) {
+  absl::Mutex mu;
+  std::set<int> ports;
+  server_.server().Get("/ping", [&](const httplib::Request& req, httplib::Response& res) {
+    absl::MutexLock lock(&mu);
+    ports.insert(req.remote_port);
+    res.set_content("pong", "text/plain");
+  });
+  StartAll();
+
+  for (int i = 0; i < 10; ++i) {
+    auto response = Fetch(Get(server_.Url("/ping")));
+    ASSERT_TRUE(response.ok()) << response.status();
+  }
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(ports.size(), 1u);
+}
+
+TEST_F(CurlTransportTest, SendFromInsideACallback) {
+  server_.server().Get(R"(/step/(\d))", [](const httplib::Request& req, httplib::Response& res) {
+    res.set_content(std::string(req.matches[1]), "text/plain");
+  });
+  StartAll();
+
+  Outcome second;
+  Outcome first;
+  std::string first_body;
+  const std::string second_url = server_.Url("/step/2");
+  transport_->Send(Get(server_.Url("/step/1")),
+                   [&, done = first.Callback()](absl::StatusOr<HttpResponse> r) mutable {
+                     first_body = r.ok() ? r->body : r.status().ToString();
+                     transport_->Send(Get(second_url), second.Callback());
+                     std::move(done)(std::move(r));
+                   });
+  ASSERT_TRUE(first.Wait().ok());
+  EXPECT_EQ(first_body, "1");
+  auto response = second.Wait();
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->body, "2");
+}
+
+TEST_F(CurlTransportTest, SilentServerTimesOutAfterTheRequestWasSent) {
+  std::atomic<int> arrived{0};
+  server_.server().Get("/hang", [&](const httplib::Request&, httplib::Response& res) {
+    ++arrived;
+    release_.WaitForNotificationWithTimeout(kWait);
+    res.set_content("late", "text/plain");
+  });
+  StartAll();
+
+  HttpRequest request = Get(server_.Url("/hang"));
+  request.deadline = absl::Now() + absl::Milliseconds(500);
+  const absl::Time start = absl::Now();
+  auto response = Fetch(std::move(request));
+  const absl::Duration took = absl::Now() - start;
+  ExpectError(response, absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT", "true");
+  EXPECT_EQ(arrived.load(), 1);
+  EXPECT_GE(took, absl::Milliseconds(400));
+  EXPECT_LT(took, absl::Seconds(5));
+}
+
+TEST_F(CurlTransportTest, DefaultTimeoutAppliesWithoutADeadline) {
+  server_.server().Get("/hang", [&](const httplib::Request&, httplib::Response& res) {
+    release_.WaitForNotificationWithTimeout(kWait);
+  });
+  CurlTransportOptions options = Options();
+  options.default_timeout = absl::Milliseconds(300);
+  StartAll(options);
+
+  auto response = Fetch(Get(server_.Url("/hang")));
+  ExpectError(response, absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT", "true");
+}
+
+TEST_F(CurlTransportTest, PassedDeadlineFailsWithoutSendingAndNotInsideSend) {
+  std::atomic<int> arrived{0};
+  server_.server().Get("/x", [&](const httplib::Request&, httplib::Response& res) {
+    ++arrived;
+  });
+  StartAll();
+
+  HttpRequest request = Get(server_.Url("/x"));
+  request.deadline = absl::Now() - absl::Seconds(1);
+  Outcome outcome;
+  transport_->Send(std::move(request), outcome.Callback());
+  auto response = outcome.Wait();  // also checks it ran on another thread
+  ExpectError(response, absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT", "false");
+  EXPECT_EQ(arrived.load(), 0);
+}
+
+TEST_F(CurlTransportTest, AnswerOverTheCapIsRejected) {
+  server_.server().Get("/sized", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(std::string(1000, 'x'), "application/octet-stream");
+  });
+  server_.server().Get("/chunked", [](const httplib::Request&, httplib::Response& res) {
+    res.set_chunked_content_provider("application/octet-stream",
+                                     [](size_t offset, httplib::DataSink& sink) {
+                                       if (offset >= 5000) {
+                                         sink.done();
+                                       } else {
+                                         sink.write(std::string(500, 'y').data(), 500);
+                                       }
+                                       return true;
+                                     });
+  });
+  CurlTransportOptions options = Options();
+  options.max_response_bytes = 999;
+  StartAll(options);
+
+  ExpectError(Fetch(Get(server_.Url("/sized"))), absl::StatusCode::kInternal,
+              "UPSTREAM_RESPONSE_TOO_LARGE", "true");
+  ExpectError(Fetch(Get(server_.Url("/chunked"))), absl::StatusCode::kInternal,
+              "UPSTREAM_RESPONSE_TOO_LARGE", "true");
+}
+
+TEST_F(CurlTransportTest, AnswerExactlyAtTheCapIsAccepted) {
+  server_.server().Get("/sized", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(std::string(1000, 'x'), "application/octet-stream");
+  });
+  CurlTransportOptions options = Options();
+  options.max_response_bytes = 1000;
+  StartAll(options);
+
+  auto response = Fetch(Get(server_.Url("/sized")));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->body.size(), 1000u);
+}
+
+TEST_F(CurlTransportTest, HeaderBlockOverTheCapIsRejected) {
+  server_.server().Get("/h", [](const httplib::Request&, httplib::Response& res) {
+    for (int i = 0; i < 20; ++i) res.set_header(absl::StrCat("X-Filler-", i), std::string(100, 'h'));
+  });
+  CurlTransportOptions options = Options();
+  options.max_header_bytes = 1024;
+  StartAll(options);
+
+  ExpectError(Fetch(Get(server_.Url("/h"))), absl::StatusCode::kInternal,
+              "UPSTREAM_RESPONSE_TOO_LARGE", "true");
+}
+
+TEST_F(CurlTransportTest, DestructorCancelsRequestsInFlight) {
+  std::atomic<int> arrived{0};
+  server_.server().Get("/hang", [&](const httplib::Request&, httplib::Response& res) {
+    ++arrived;
+    release_.WaitForNotificationWithTimeout(kWait);
+  });
+  StartAll();
+
+  constexpr int kCount = 3;
+  std::vector<Outcome> outcomes(kCount);
+  for (int i = 0; i < kCount; ++i) {
+    transport_->Send(Get(server_.Url("/hang")), outcomes[i].Callback());
+  }
+  // A Send from a cancelled request's callback is cancelled as well.
+  Outcome from_callback;
+  Outcome trigger;
+  CurlTransport* transport = transport_.get();
+  transport_->Send(Get(server_.Url("/hang")),
+                   [&, done = trigger.Callback()](absl::StatusOr<HttpResponse> r) mutable {
+                     transport->Send(Get(server_.Url("/hang")), from_callback.Callback());
+                     std::move(done)(std::move(r));
+                   });
+  const absl::Time give_up = absl::Now() + kWait;
+  while (arrived.load() < kCount + 1 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(arrived.load(), kCount + 1);
+
+  const absl::Time start = absl::Now();
+  transport_.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+
+  for (int i = 0; i < kCount; ++i) {
+    ASSERT_TRUE(outcomes[i].HasCompleted()) << i;
+    ExpectError(outcomes[i].Wait(), absl::StatusCode::kCancelled, "TRANSPORT_SHUT_DOWN", "true");
+    EXPECT_EQ(outcomes[i].calls(), 1);
+  }
+  ASSERT_TRUE(trigger.HasCompleted());
+  ASSERT_TRUE(from_callback.HasCompleted());
+  ExpectError(from_callback.Wait(), absl::StatusCode::kCancelled, "TRANSPORT_SHUT_DOWN", "false");
+}
+
+TEST_F(CurlTransportTest, MalformedRequestsAreRejectedBeforeSending) {
+  std::atomic<int> arrived{0};
+  server_.server().Get("/x", [&](const httplib::Request&, httplib::Response&) { ++arrived; });
+  StartAll();
+
+  HttpRequest injected = Get(server_.Url("/x"));
+  injected.headers = {{"X-Evil", "a\r\nX-Injected: 1"}};
+  ExpectError(Fetch(std::move(injected)), absl::StatusCode::kInvalidArgument,
+              "INVALID_HTTP_REQUEST", "false");
+
+  HttpRequest bad_method = Get(server_.Url("/x"));
+  bad_method.method = "GET /y";
+  ExpectError(Fetch(std::move(bad_method)), absl::StatusCode::kInvalidArgument,
+              "INVALID_HTTP_REQUEST", "false");
+
+  ExpectError(Fetch(Get("ftp://127.0.0.1/x")), absl::StatusCode::kInvalidArgument,
+              "INVALID_HTTP_REQUEST", "false");
+  EXPECT_EQ(arrived.load(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// TLS and connection failures
+
+TEST(CurlTransportTlsTest, UntrustedCertificateFailsWithoutSending) {
+  auto other = sandbox::GenerateCertificates({"127.0.0.1"});
+  ASSERT_TRUE(other.ok()) << other.status();
+  TempFile wrong_ca(other->ca_pem);
+  std::atomic<int> arrived{0};
+  TlsServer server(Certs());
+  server.server().Get("/x", [&](const httplib::Request&, httplib::Response&) { ++arrived; });
+  server.Start();
+
+  auto transport = MakeTransport({.ca_file = wrong_ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.url = server.Url("/x");
+  transport->Send(std::move(request), outcome.Callback());
+  auto response = outcome.Wait();
+  ExpectError(response, absl::StatusCode::kUnavailable, "UPSTREAM_TLS_FAILED", "false");
+  EXPECT_TRUE(absl::StrContains(response.status().message(), "DEFENDER_CA_FILE"))
+      << response.status();
+  EXPECT_EQ(arrived.load(), 0);
+}
+
+TEST(CurlTransportTlsTest, CertificateForAnotherNameFailsWithoutSending) {
+  auto elsewhere = sandbox::GenerateCertificates({"other.example"});
+  ASSERT_TRUE(elsewhere.ok()) << elsewhere.status();
+  TempFile ca(elsewhere->ca_pem);
+  std::atomic<int> arrived{0};
+  TlsServer server(*elsewhere);
+  server.server().Get("/x", [&](const httplib::Request&, httplib::Response&) { ++arrived; });
+  server.Start();
+
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.url = server.Url("/x");
+  transport->Send(std::move(request), outcome.Callback());
+  ExpectError(outcome.Wait(), absl::StatusCode::kUnavailable, "UPSTREAM_TLS_FAILED", "false");
+  EXPECT_EQ(arrived.load(), 0);
+}
+
+TEST(CurlTransportConnectTest, RefusedConnectionFailsWithoutSending) {
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.method = "POST";
+  request.body = "{}";
+  request.url = absl::StrCat("https://127.0.0.1:", ClosedPort(), "/x");
+  transport->Send(std::move(request), outcome.Callback());
+  ExpectError(outcome.Wait(), absl::StatusCode::kUnavailable, "UPSTREAM_CONNECT_FAILED", "false");
+}
+
+TEST(CurlTransportConnectTest, ServerDroppingTheConnectionLosesTheRequest) {
+  std::atomic<int> heads{0};
+  RawTlsServer server(Certs(), [&](SSL* ssl) {
+    if (!RawTlsServer::ReadHead(ssl).empty()) ++heads;
+    // Close without answering.
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.method = "POST";
+  request.body = R"({"Comment":"quarantine"})";
+  request.url = server.Url("/api/machines/1/StopAndQuarantineFile");
+  transport->Send(std::move(request), outcome.Callback());
+  ExpectError(outcome.Wait(), absl::StatusCode::kUnavailable, "UPSTREAM_CONNECTION_LOST", "true");
+  EXPECT_GE(heads.load(), 1);
+}
+
+TEST(CurlTransportConnectTest, TruncatedAnswerLosesTheRequest) {
+  RawTlsServer server(Certs(), [](SSL* ssl) {
+    RawTlsServer::ReadHead(ssl);
+    RawTlsServer::Write(ssl, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly a part");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.url = server.Url("/x");
+  transport->Send(std::move(request), outcome.Callback());
+  ExpectError(outcome.Wait(), absl::StatusCode::kUnavailable, "UPSTREAM_CONNECTION_LOST", "true");
+}
+
+TEST(CurlTransportConnectTest, RequestHeadIsSentAsGiven) {
+  absl::Mutex mu;
+  std::string head;
+  RawTlsServer server(Certs(), [&](SSL* ssl) {
+    std::string got = RawTlsServer::ReadHead(ssl);
+    {
+      absl::MutexLock lock(&mu);
+      head = got;
+    }
+    RawTlsServer::Write(ssl, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path(), .user_agent = "test-agent/1"});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.method = "POST";
+  request.url = server.Url("/token");
+  request.headers = {{"Content-Type", "application/x-www-form-urlencoded"}, {"X-Empty", ""}};
+  request.body = FormEncode({{"a", "1"}});
+  transport->Send(std::move(request), outcome.Callback());
+  auto response = outcome.Wait();
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 204);
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(absl::StartsWith(head, "POST /token HTTP/1.1\r\n")) << head;
+  EXPECT_TRUE(absl::StrContains(head, "\r\nX-Empty:\r\n")) << head;
+  EXPECT_TRUE(absl::StrContains(head, "\r\nContent-Length: 3\r\n")) << head;
+  EXPECT_TRUE(absl::StrContains(head, "\r\nUser-Agent: test-agent/1\r\n")) << head;
+  EXPECT_FALSE(absl::StrContains(head, "Expect:")) << head;
+}
+
+TEST(CurlTransportConnectTest, InterimAnswersDoNotLeakHeaders) {
+  RawTlsServer server(Certs(), [](SSL* ssl) {
+    RawTlsServer::ReadHead(ssl);
+    RawTlsServer::Write(ssl,
+                        "HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n"
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: yes\r\n"
+                        "X-Folded: first\r\n  second\r\nConnection: close\r\n\r\nok");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.url = server.Url("/x");
+  transport->Send(std::move(request), outcome.Callback());
+  auto response = outcome.Wait();
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "ok");
+  EXPECT_EQ(response->Header("X-Interim"), "");
+  EXPECT_EQ(response->Header("X-Final"), "yes");
+  EXPECT_EQ(response->Header("X-Folded"), "first second");
+}
+
+}  // namespace
+}  // namespace defender::http
