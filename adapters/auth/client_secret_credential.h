@@ -30,13 +30,22 @@ struct ClientSecretCredentialOptions {
 // ClientSecretCredential gets tokens with a client secret. Thread-safe.
 class ClientSecretCredential final : public TokenCredential {
  public:
-  // Create validates the options (https authority, tenant id characters,
-  // non-empty client id and secret); errors are INVALID_ARGUMENT naming the
-  // setting, never its value.
+  // Create validates the options (https authority without path, query or user
+  // info; tenant id of letters, digits, '.' and '-'; non-empty client id and
+  // secret); errors are INVALID_ARGUMENT (reason INVALID_CONFIGURATION) naming
+  // the setting by its environment variable (AZURE_AUTHORITY_HOST,
+  // AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET), never its value.
+  // Blanks around the tenant and client ids and trailing '/' of the authority
+  // are dropped; the secret is used as given. `transport` and `clock` must
+  // outlive the credential.
   static absl::StatusOr<std::unique_ptr<ClientSecretCredential>> Create(
       ClientSecretCredentialOptions options, http::HttpTransport& transport,
       Clock& clock = Clock::Real());
 
+  // GetToken POSTs the form to TokenUrl() with `context.deadline`, scopes
+  // joined by ' ', and calls `done` from the transport's callback. The token's
+  // expires_in is counted from when the request was sent. An answer arriving
+  // after the credential is destroyed is still delivered to `done`.
   void GetToken(const TokenRequestContext& context, Callback done) override;
   std::string Name() const override { return "ClientSecretCredential"; }
 
@@ -54,8 +63,11 @@ class ClientSecretCredential final : public TokenCredential {
 };
 
 // ParseTokenResponse reads a token endpoint's answer (success or error) into an
-// AccessToken or a status, per token_credential.h. `now` dates `expires_in`.
-// Shared by every credential that talks to an Entra-style token endpoint.
+// AccessToken or a status, per token_credential.h. Lenient about types:
+// `expires_in` (dated from `now`) may be a JSON number or a numeric string;
+// without it, `expires_on` (unix seconds, number or string) is used. Unknown
+// fields are ignored. Shared by every credential that talks to an Entra-style
+// token endpoint.
 absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& response, absl::Time now);
 
 }  // namespace defender::auth

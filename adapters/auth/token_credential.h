@@ -8,11 +8,23 @@
 //   TokenRequestContext ctx{.scopes = {"https://api.securitycenter.microsoft.com/.default"}};
 //   credential.GetToken(ctx, [](absl::StatusOr<AccessToken> token) { ... });
 //
-// Errors: UNAUTHENTICATED when the token endpoint rejects the credentials (the
-// message carries the AADSTS code and the correlation id; the ErrorInfo reason
-// is TOKEN_REQUEST_REJECTED with metadata "aadsts_code", "error",
-// "correlation_id", "trace_id", "http_status"); UNAVAILABLE / DEADLINE_EXCEEDED
-// for transport faults; INTERNAL for an unreadable answer.
+// Errors (absl::Status with an ErrorInfo, adapters/common/error.h):
+//   - UNAUTHENTICATED, reason TOKEN_REQUEST_REJECTED: the token endpoint
+//     rejected the credentials (HTTP 400/401). The message carries the AADSTS
+//     code, the OAuth error, the correlation id and, for the usual mistakes,
+//     which setting to fix; metadata "http_status" always, and "aadsts_code"
+//     (e.g. "AADSTS7000215"), "error" (e.g. "invalid_client"),
+//     "correlation_id", "trace_id" when the answer had them.
+//   - RESOURCE_EXHAUSTED, reason TOKEN_ENDPOINT_THROTTLED (HTTP 429), with a
+//     RetryInfo when the answer had a Retry-After header.
+//   - UNAVAILABLE, reason TOKEN_ENDPOINT_UNAVAILABLE (HTTP 5xx) or
+//     TOKEN_ENDPOINT_UNEXPECTED_STATUS (any other status).
+//   - INTERNAL, reason BAD_TOKEN_RESPONSE: a success without a usable
+//     access_token and expiry.
+//   - Transport faults (UNAVAILABLE, DEADLINE_EXCEEDED, ...) as the transport
+//     reported them (reason UPSTREAM_*), the message prefixed "token request: ".
+//   - INVALID_ARGUMENT, reason INVALID_CONFIGURATION: bad settings.
+// No message or metadata ever holds a token or a secret.
 #ifndef DEFENDER_ADAPTERS_AUTH_TOKEN_CREDENTIAL_H_
 #define DEFENDER_ADAPTERS_AUTH_TOKEN_CREDENTIAL_H_
 
