@@ -16,11 +16,17 @@
 //   HTTP 403 -> PERMISSION_DENIED (DEFENDER_FORBIDDEN)
 //   HTTP 404 -> NOT_FOUND (DEFENDER_NOT_FOUND), Defender's message kept
 //   HTTP 429 -> RESOURCE_EXHAUSTED (DEFENDER_THROTTLED) with RetryInfo from Retry-After
-//   HTTP 5xx -> UNAVAILABLE (DEFENDER_UNAVAILABLE)
-//   transport faults -> as the transport reports them (http_transport.h)
+//   HTTP 5xx -> UNAVAILABLE (DEFENDER_UNAVAILABLE), RetryInfo if Retry-After came
+//   other HTTP statuses -> DEFENDER_UNEXPECTED_STATUS: UNAVAILABLE for 408,
+//               INTERNAL otherwise
+//   token faults -> as the TokenCredential reports them (token_credential.h)
+//   transport faults -> as the transport reports them (http_transport.h), the
+//               message prefixed with the operation, payloads kept
 //   an unreadable answer -> INTERNAL (BAD_UPSTREAM_RESPONSE)
 // Metadata: "http_status", "defender_code", "tracking_id" (Defender's error
-// `target`), "defender_message".
+// `target`), "defender_message" (each only when Defender sent it), and
+// "retry_after_seconds" with a RetryInfo. No message or metadata ever holds
+// the access token.
 #ifndef DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
 #define DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
 
