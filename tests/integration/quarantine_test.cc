@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -306,7 +307,7 @@ TEST_F(QuarantineTest, RejectedClientSecretIsUnauthenticatedWithAadstsCode) {
   EXPECT_THAT(status.error_message(), HasSubstr("AADSTS7000215"));
   Details details = ReadDetails(status);
   EXPECT_EQ(details.info.reason(), "TOKEN_REQUEST_REJECTED");
-  EXPECT_EQ(details.info.metadata().at("aadsts_code"), "7000215");
+  EXPECT_EQ(details.info.metadata().at("aadsts_code"), "AADSTS7000215");
   const std::string correlation = details.info.metadata().at("correlation_id");
   EXPECT_FALSE(correlation.empty());
   EXPECT_THAT(status.error_message(), HasSubstr(correlation));
