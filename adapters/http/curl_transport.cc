@@ -90,6 +90,9 @@ struct Transfer {
   size_t max_body_bytes = 0;
   size_t max_header_bytes = 0;
   bool too_large = false;
+  // Set once libcurl has a connection to the server (TLS included) and is
+  // about to write the request on it.
+  bool connected = false;
   char error[CURL_ERROR_SIZE] = {0};
 
   Transfer(HttpRequest r, HttpTransport::Callback d)
@@ -153,15 +156,14 @@ size_t OnBody(char* data, size_t size, size_t count, void* user) {
   return n;
 }
 
-// WasSent reports whether the request may have reached the server: the
-// connection was up and the transfer had begun (pre-transfer reached), or
-// some request bytes were written. Errs towards "true", the safe answer.
-bool WasSent(CURL* easy) {
-  curl_off_t pretransfer_us = 0;
-  long request_bytes = 0;
-  curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer_us);
-  curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_bytes);
-  return pretransfer_us > 0 || request_bytes > 0;
+// OnPrereq runs when a connection to the server (after any proxy tunnel and
+// TLS handshake, new or reused) is ready and the request is about to be
+// written. From then on the request may have reached the server. (Request
+// byte counters would not do: they count a proxy's CONNECT request too.)
+int OnPrereq(void* user, char* /*primary_ip*/, char* /*local_ip*/, int /*primary_port*/,
+             int /*local_port*/) {
+  static_cast<Transfer*>(user)->connected = true;
+  return CURL_PREREQFUNC_OK;
 }
 
 // Detail is curl's description of a failure: its error buffer, which names
@@ -218,7 +220,7 @@ absl::Status ErrorFor(const Transfer& t, CURLcode code) {
     case CURLE_OPERATION_TIMEDOUT:
       return TransportError(absl::StatusCode::kDeadlineExceeded,
                             absl::StrCat("the server did not answer in time (", detail, ")"),
-                            kTimeout, WasSent(t.easy), curl_code);
+                            kTimeout, t.connected, curl_code);
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
@@ -228,12 +230,18 @@ absl::Status ErrorFor(const Transfer& t, CURLcode code) {
     default:
       // RECV_ERROR, SEND_ERROR, GOT_NOTHING, PARTIAL_FILE, HTTP2(_STREAM),
       // WEIRD_SERVER_REPLY, BAD_CONTENT_ENCODING and whatever else ends an
-      // exchange without a complete answer.
+      // exchange without a complete answer. Before the connection to the
+      // server was up (e.g. a proxy refused the tunnel), nothing was sent.
+      if (!t.connected) {
+        return TransportError(absl::StatusCode::kUnavailable,
+                              absl::StrCat("could not connect to the server (", detail, ")"),
+                              kConnectFailed, /*request_sent=*/false, curl_code);
+      }
       return TransportError(
           absl::StatusCode::kUnavailable,
           absl::StrCat("the connection to the server broke before a complete answer (",
                        detail, ")"),
-          kConnectionLost, WasSent(t.easy), curl_code);
+          kConnectionLost, t.connected, curl_code);
   }
 }
 
@@ -306,9 +314,9 @@ class CurlTransport::Impl {
     }
     // The multi handle already pools connections for its easy handles; the
     // share adds the TLS session cache (per easy handle otherwise) and the
-    // DNS cache. Only the loop thread ever uses the easy handles (libcurl's
-    // threaded resolver hands results back to the calling thread), so the
-    // share needs no lock callbacks.
+    // DNS cache. Only the loop thread ever touches the easy handles and the
+    // share (libcurl's resolver threads only run getaddrinfo; the loop thread
+    // stores their results), so the share needs no lock callbacks.
     if (curl_share_setopt(share_, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
         curl_share_setopt(share_, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
       return absl::InternalError("libcurl: cannot share TLS sessions and DNS");
@@ -345,7 +353,10 @@ class CurlTransport::Impl {
       int running = 0;
       curl_multi_perform(multi_, &running);
       CollectFinished();
-      curl_multi_poll(multi_, nullptr, 0, kMaxPollMs, nullptr);
+      if (curl_multi_poll(multi_, nullptr, 0, kMaxPollMs, nullptr) != CURLM_OK) {
+        // Cannot happen short of a broken process; never spin on it.
+        absl::SleepFor(absl::Milliseconds(10));
+      }
     }
   }
 
@@ -470,6 +481,8 @@ class CurlTransport::Impl {
     set(CURLOPT_HEADERDATA, static_cast<void*>(&t));
     set(CURLOPT_WRITEFUNCTION, &OnBody);
     set(CURLOPT_WRITEDATA, static_cast<void*>(&t));
+    set(CURLOPT_PREREQFUNCTION, &OnPrereq);
+    set(CURLOPT_PREREQDATA, static_cast<void*>(&t));
     return code;
   }
 
@@ -507,7 +520,7 @@ class CurlTransport::Impl {
   void Cancel(Transfer& t) {
     t.Complete(TransportError(absl::StatusCode::kCancelled,
                               "the HTTP transport shut down before the request completed",
-                              kShutDown, t.easy != nullptr && WasSent(t.easy)));
+                              kShutDown, t.connected));
   }
 
   // CancelAll completes every in-flight transfer, then everything queued
@@ -520,12 +533,9 @@ class CurlTransport::Impl {
     }
     active_.clear();
     for (auto& t : in_flight) {
-      const bool sent = WasSent(t->easy);
       curl_easy_cleanup(t->easy);
       t->easy = nullptr;
-      t->Complete(TransportError(absl::StatusCode::kCancelled,
-                                 "the HTTP transport shut down before the request completed",
-                                 kShutDown, sent));
+      Cancel(*t);
     }
     in_flight.clear();
     for (;;) {

@@ -11,7 +11,8 @@
 //
 // Errors (see http_transport.h for the "request_sent" metadata; every error
 // also carries "curl_code", libcurl's numeric CURLcode):
-//   cannot resolve / connect        UNAVAILABLE        UPSTREAM_CONNECT_FAILED
+//   cannot resolve / connect, or a  UNAVAILABLE        UPSTREAM_CONNECT_FAILED
+//     proxy refused the tunnel
 //   TLS handshake or certificate    UNAVAILABLE        UPSTREAM_TLS_FAILED
 //   deadline or timeout reached     DEADLINE_EXCEEDED  UPSTREAM_TIMEOUT
 //   connection broken, no answer    UNAVAILABLE        UPSTREAM_CONNECTION_LOST
@@ -20,6 +21,8 @@
 //     or header with CR/LF)
 //   destroyed while in flight       CANCELLED          TRANSPORT_SHUT_DOWN
 //   libcurl failed internally       INTERNAL           HTTP_TRANSPORT_INTERNAL
+// "request_sent" turns "true" once a connection to the server (TLS included)
+// is ready and the request is about to be written on it.
 // An oversized answer is INTERNAL, not RESOURCE_EXHAUSTED: the plugin uses
 // RESOURCE_EXHAUSTED for throttling (come back later), while a repeat of the
 // call would get the same oversized answer.

@@ -19,7 +19,11 @@
 // UPSTREAM_CONNECT_FAILED, UPSTREAM_TLS_FAILED, UPSTREAM_TIMEOUT,
 // UPSTREAM_CONNECTION_LOST or UPSTREAM_RESPONSE_TOO_LARGE, and metadata
 // "request_sent" = "true" when the request may have reached the server (its
-// outcome is unknown) or "false" when it certainly did not.
+// outcome is unknown) or "false" when it certainly did not. A request the
+// transport refuses to send (bad URL, method or header) fails with
+// INVALID_HTTP_REQUEST, one cut short by the transport's destruction with
+// TRANSPORT_SHUT_DOWN (CANCELLED), both with "request_sent" too. The
+// canonical codes are listed in curl_transport.h.
 #ifndef DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
 #define DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
 

@@ -39,9 +39,13 @@
 namespace defender::http {
 namespace {
 
-// A peer closing a socket mid-write must fail the write, not kill the binary.
-const bool kSigpipeIgnored = [] {
+// A peer closing a socket mid-write must fail the write, not kill the binary;
+// and a proxy configured on the machine must not capture 127.0.0.1. (Set
+// before any thread starts: setenv races with libcurl's getenv.)
+const bool kProcessSetUp = [] {
   std::signal(SIGPIPE, SIG_IGN);
+  setenv("no_proxy", "127.0.0.1,localhost", 1);
+  setenv("NO_PROXY", "127.0.0.1,localhost", 1);
   return true;
 }();
 
@@ -257,6 +261,66 @@ class RawTlsServer {
   int port_ = 0;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
+};
+
+// FakeProxy is a plain-TCP HTTP proxy on 127.0.0.1 that refuses every
+// CONNECT with 403 and records the request lines it saw.
+class FakeProxy {
+ public:
+  FakeProxy() {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        listen(listen_fd_, 16) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      std::abort();
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~FakeProxy() {
+    shutdown(listen_fd_, SHUT_RDWR);
+    thread_.join();
+    close(listen_fd_);
+  }
+  int port() const { return port_; }
+  std::string seen() {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+
+ private:
+  void Serve() {
+    for (;;) {
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) return;
+      timeval timeout{5, 0};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+      std::string head;
+      char buf[4096];
+      while (head.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = read(fd, buf, sizeof(buf));
+        if (n <= 0) break;
+        head.append(buf, n);
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        seen_ += head.substr(0, head.find("\r\n")) + "\n";
+      }
+      const std::string answer = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+      send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+      close(fd);
+    }
+  }
+
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::string seen_ ABSL_GUARDED_BY(mu_);
 };
 
 std::unique_ptr<CurlTransport> MakeTransport(CurlTransportOptions options) {
@@ -874,6 +938,39 @@ TEST(CurlTransportConnectTest, InterimAnswersDoNotLeakHeaders) {
   EXPECT_EQ(response->Header("X-Interim"), "");
   EXPECT_EQ(response->Header("X-Final"), "yes");
   EXPECT_EQ(response->Header("X-Folded"), "first second");
+}
+
+}  // namespace
+}  // namespace defender::http
+
+namespace defender::http {
+namespace {
+
+// Proxy variables are read by libcurl for each transfer; this test changes
+// them only while no transport thread exists.
+TEST(CurlTransportProxyTest, HonoursHttpsProxyFromTheEnvironment) {
+  FakeProxy proxy;
+  TempFile ca(Certs().ca_pem);
+  setenv("https_proxy", absl::StrCat("http://127.0.0.1:", proxy.port()).c_str(), 1);
+  setenv("no_proxy", "", 1);
+  setenv("NO_PROXY", "", 1);
+  absl::StatusOr<HttpResponse> response;
+  {
+    auto transport = MakeTransport({.ca_file = ca.path()});
+    ASSERT_NE(transport, nullptr);
+    Outcome outcome;
+    HttpRequest request;
+    request.method = "POST";
+    request.url = absl::StrCat("https://127.0.0.1:", ClosedPort(), "/api/x");
+    transport->Send(std::move(request), outcome.Callback());
+    response = outcome.Wait();
+  }
+  unsetenv("https_proxy");
+  setenv("no_proxy", "127.0.0.1,localhost", 1);
+  setenv("NO_PROXY", "127.0.0.1,localhost", 1);
+
+  EXPECT_TRUE(absl::StartsWith(proxy.seen(), "CONNECT 127.0.0.1:")) << proxy.seen();
+  ExpectError(response, absl::StatusCode::kUnavailable, "UPSTREAM_CONNECT_FAILED", "false");
 }
 
 }  // namespace
