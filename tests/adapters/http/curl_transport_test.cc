@@ -916,6 +916,36 @@ TEST(CurlTransportConnectTest, RequestHeadIsSentAsGiven) {
   EXPECT_FALSE(absl::StrContains(head, "Expect:")) << head;
 }
 
+TEST(CurlTransportConnectTest, NewConnectionsResumeTheTlsSession) {
+  absl::Mutex mu;
+  std::vector<bool> resumed;
+  RawTlsServer server(Certs(), [&](SSL* ssl) {
+    RawTlsServer::ReadHead(ssl);
+    {
+      absl::MutexLock lock(&mu);
+      resumed.push_back(SSL_session_reused(ssl) == 1);
+    }
+    // "Connection: close" makes each request open a new connection.
+    RawTlsServer::Write(ssl, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    Outcome outcome;
+    HttpRequest request;
+    request.url = server.Url("/x");
+    transport->Send(std::move(request), outcome.Callback());
+    auto response = outcome.Wait();
+    ASSERT_TRUE(response.ok()) << response.status();
+  }
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(resumed.size(), 3u);
+  EXPECT_FALSE(resumed[0]);
+  EXPECT_TRUE(resumed[1]);
+  EXPECT_TRUE(resumed[2]);
+}
+
 TEST(CurlTransportConnectTest, InterimAnswersDoNotLeakHeaders) {
   RawTlsServer server(Certs(), [](SSL* ssl) {
     RawTlsServer::ReadHead(ssl);
