@@ -180,8 +180,7 @@ absl::Status Rejected(const http::HttpResponse& response) {
   if (!error.empty()) metadata["error"] = error;
   if (!correlation_id.empty()) metadata["correlation_id"] = correlation_id;
   if (!trace_id.empty()) metadata["trace_id"] = trace_id;
-  return MakeError(absl::StatusCode::kUnauthenticated, message, "TOKEN_REQUEST_REJECTED",
-                   metadata);
+  return MakeError(absl::StatusCode::kUnauthenticated, message, "TOKEN_REQUEST_REJECTED", metadata);
 }
 
 absl::StatusOr<AccessToken> Issued(const http::HttpResponse& response, absl::Time now) {
@@ -196,8 +195,8 @@ absl::StatusOr<AccessToken> Issued(const http::HttpResponse& response, absl::Tim
   AccessToken token;
   token.token = StringField(body, "access_token");
   if (token.token.empty()) {
-    return MakeError(absl::StatusCode::kInternal,
-                     "token endpoint's answer has no access_token", kBadTokenResponse, metadata);
+    return MakeError(absl::StatusCode::kInternal, "token endpoint's answer has no access_token",
+                     kBadTokenResponse, metadata);
   }
   double seconds = 0;
   if (NumberField(body, "expires_in", seconds) && seconds >= 0) {
@@ -246,8 +245,7 @@ absl::Status Redacted(absl::Status status, const std::string& secret) {
 
 }  // namespace
 
-absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& response,
-                                               absl::Time now) {
+absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& response, absl::Time now) {
   const int status = response.status;
   if (status >= 200 && status < 300) return Issued(response, now);
   if (status == 400 || status == 401) return Rejected(response);
@@ -263,10 +261,10 @@ absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& respons
                       absl::StrCat("token endpoint is unavailable (HTTP ", status, ")"),
                       "TOKEN_ENDPOINT_UNAVAILABLE", metadata);
   } else {
-    error = MakeError(absl::StatusCode::kUnavailable,
-                      absl::StrCat("token endpoint answered HTTP ", status,
-                                   "; check AZURE_AUTHORITY_HOST"),
-                      "TOKEN_ENDPOINT_UNEXPECTED_STATUS", metadata);
+    error = MakeError(
+        absl::StatusCode::kUnavailable,
+        absl::StrCat("token endpoint answered HTTP ", status, "; check AZURE_AUTHORITY_HOST"),
+        "TOKEN_ENDPOINT_UNEXPECTED_STATUS", metadata);
   }
   absl::Duration delay;
   if (RetryAfter(response, now, delay)) SetRetryDelay(error, delay);
@@ -275,6 +273,9 @@ absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& respons
 
 absl::StatusOr<std::unique_ptr<ClientSecretCredential>> ClientSecretCredential::Create(
     ClientSecretCredentialOptions options, http::HttpTransport& transport, Clock& clock) {
+  if (absl::StripAsciiWhitespace(options.authority_host).empty()) {
+    options.authority_host = ClientSecretCredentialOptions().authority_host;
+  }
   auto authority = region::NormalizeHttpsUrl(options.authority_host, "AZURE_AUTHORITY_HOST",
                                              /*allow_path=*/false);
   if (!authority.ok()) return authority.status();
@@ -300,8 +301,8 @@ absl::StatusOr<std::unique_ptr<ClientSecretCredential>> ClientSecretCredential::
 ClientSecretCredential::ClientSecretCredential(ClientSecretCredentialOptions options,
                                                http::HttpTransport& transport, Clock& clock)
     : options_(std::move(options)),
-      token_url_(absl::StrCat(options_.authority_host, "/", options_.tenant_id,
-                              "/oauth2/v2.0/token")),
+      token_url_(
+          absl::StrCat(options_.authority_host, "/", options_.tenant_id, "/oauth2/v2.0/token")),
       transport_(transport),
       clock_(clock) {}
 
@@ -326,14 +327,14 @@ void ClientSecretCredential::GetToken(const TokenRequestContext& context, Callba
   // request's start errs on the safe side. The callback owns what it needs
   // (not `this`), so a transport answering late never touches a dead object.
   const absl::Time sent = clock_.Now();
-  transport_.Send(std::move(request), [sent, secret = options_.client_secret,
-                                       done = std::move(done)](
-                                          absl::StatusOr<http::HttpResponse> response) mutable {
-    absl::StatusOr<AccessToken> token =
-        response.ok() ? ParseTokenResponse(*response, sent) : Prefixed(response.status());
-    if (!token.ok()) token = Redacted(token.status(), secret);
-    std::move(done)(std::move(token));
-  });
+  transport_.Send(
+      std::move(request), [sent, secret = options_.client_secret, done = std::move(done)](
+                              absl::StatusOr<http::HttpResponse> response) mutable {
+        absl::StatusOr<AccessToken> token =
+            response.ok() ? ParseTokenResponse(*response, sent) : Prefixed(response.status());
+        if (!token.ok()) token = Redacted(token.status(), secret);
+        std::move(done)(std::move(token));
+      });
 }
 
 }  // namespace defender::auth

@@ -21,7 +21,8 @@ namespace defender::auth {
 
 // ClientSecretCredentialOptions names the app registration.
 struct ClientSecretCredentialOptions {
-  std::string authority_host = "https://login.microsoftonline.com";  // https only
+  // https only; "" means this default.
+  std::string authority_host = "https://login.microsoftonline.com";
   std::string tenant_id;      // GUID or verified domain name
   std::string client_id;      // the application (client) id
   std::string client_secret;  // never logged

@@ -11,8 +11,8 @@
 
 namespace defender::auth {
 
-CachingTokenCredential::CachingTokenCredential(std::unique_ptr<TokenCredential> inner,
-                                               Clock& clock, absl::Duration refresh_margin)
+CachingTokenCredential::CachingTokenCredential(std::unique_ptr<TokenCredential> inner, Clock& clock,
+                                               absl::Duration refresh_margin)
     : inner_(std::move(inner)), clock_(clock), refresh_margin_(refresh_margin) {}
 
 void CachingTokenCredential::GetToken(const TokenRequestContext& context, Callback done) {
@@ -49,9 +49,9 @@ void CachingTokenCredential::GetToken(const TokenRequestContext& context, Callba
 
 void CachingTokenCredential::Complete(const std::string& key, absl::StatusOr<AccessToken> result) {
   if (result.ok() && result->token.empty()) {
-    result = MakeError(absl::StatusCode::kInternal,
-                       absl::StrCat(inner_->Name(), " returned an empty token"),
-                       "BAD_TOKEN_RESPONSE");
+    result =
+        MakeError(absl::StatusCode::kInternal,
+                  absl::StrCat(inner_->Name(), " returned an empty token"), "BAD_TOKEN_RESPONSE");
   }
   std::vector<Callback> waiters;
   {
@@ -60,9 +60,9 @@ void CachingTokenCredential::Complete(const std::string& key, absl::StatusOr<Acc
     if (result.ok()) {
       const absl::Time now = clock_.Now();
       const absl::Duration lifetime = result->expires_on - now;
-      const absl::Duration margin =
-          lifetime < 2 * refresh_margin_ ? std::max(lifetime / 2, absl::ZeroDuration())
-                                         : refresh_margin_;
+      const absl::Duration margin = lifetime < 2 * refresh_margin_
+                                        ? std::max(lifetime / 2, absl::ZeroDuration())
+                                        : refresh_margin_;
       entry.token = *result;
       entry.refresh_after = result->expires_on - margin;
     } else {

@@ -52,10 +52,12 @@ class CachingTokenCredential final : public TokenCredential {
 
  private:
   struct Entry {
-    AccessToken token;                 // the cached token, if any (token.token empty if none)
-    absl::Time refresh_after = absl::InfinitePast();  // fresh while now < refresh_after
-    bool in_flight = false;            // a request to `inner_` is running
-    std::vector<Callback> waiters;     // callers waiting for it
+    // The cached token; token.token is empty when there is none.
+    AccessToken token;
+    // The token is fresh while now < refresh_after.
+    absl::Time refresh_after = absl::InfinitePast();
+    bool in_flight = false;         // a request to `inner_` is running
+    std::vector<Callback> waiters;  // callers waiting for it
   };
   void Complete(const std::string& key, absl::StatusOr<AccessToken> result);
 

@@ -29,8 +29,8 @@ constexpr char kGovScope[] = "https://securitycenter.onmicrosoft.us/windowsatpse
 constexpr char kGovApi[] = "https://api-gov.securitycenter.microsoft.us";
 
 absl::Status ConfigError(const std::string& setting, absl::string_view problem) {
-  return MakeError(absl::StatusCode::kInvalidArgument, absl::StrCat(setting, " ", problem),
-                   kReason, {{"setting", setting}});
+  return MakeError(absl::StatusCode::kInvalidArgument, absl::StrCat(setting, " ", problem), kReason,
+                   {{"setting", setting}});
 }
 
 // DefaultsFor returns the table row of `region` (already lower-cased), or
@@ -147,10 +147,10 @@ absl::StatusOr<Endpoints> ResolveEndpoints(const EndpointSettings& settings) {
   if (region.empty()) region = "global";
   Endpoints endpoints;
   if (!DefaultsFor(region, endpoints)) {
-    return ConfigError("DEFENDER_REGION",
-                       absl::StrCat("names an unknown region \"",
-                                    absl::CHexEscape(region.substr(0, 32)),
-                                    "\"; known regions: ", absl::StrJoin(KnownRegions(), ", ")));
+    return ConfigError(
+        "DEFENDER_REGION",
+        absl::StrCat("names an unknown region \"", absl::CHexEscape(region.substr(0, 32)),
+                     "\"; known regions: ", absl::StrJoin(KnownRegions(), ", ")));
   }
   if (!absl::StripAsciiWhitespace(settings.api_url).empty()) {
     auto url = NormalizeHttpsUrl(settings.api_url, "DEFENDER_API_URL", /*allow_path=*/true);

@@ -53,8 +53,8 @@ absl::StatusOr<Endpoints> ResolveEndpoints(const EndpointSettings& settings);
 //
 //   NormalizeHttpsUrl("https://login.microsoftonline.us/", "AZURE_AUTHORITY_HOST",
 //                     /*allow_path=*/false)  // "https://login.microsoftonline.us"
-absl::StatusOr<std::string> NormalizeHttpsUrl(const std::string& url,
-                                              const std::string& setting, bool allow_path);
+absl::StatusOr<std::string> NormalizeHttpsUrl(const std::string& url, const std::string& setting,
+                                              bool allow_path);
 
 }  // namespace defender::region
 

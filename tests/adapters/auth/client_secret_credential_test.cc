@@ -134,16 +134,16 @@ TEST_F(ClientSecretCredentialTest, SendsTheExactRequest) {
   ASSERT_EQ(transport_.requests().size(), 1u);
   const http::HttpRequest request = transport_.requests()[0];
   EXPECT_EQ(request.method, "POST");
-  EXPECT_EQ(request.url, absl::StrCat("https://login.microsoftonline.com/", kTenant,
-                                      "/oauth2/v2.0/token"));
+  EXPECT_EQ(request.url,
+            absl::StrCat("https://login.microsoftonline.com/", kTenant, "/oauth2/v2.0/token"));
   EXPECT_EQ(request.url, credential->TokenUrl());
   EXPECT_THAT(request.headers,
               UnorderedElementsAre(Pair("Content-Type", "application/x-www-form-urlencoded"),
                                    Pair("Accept", "application/json")));
-  EXPECT_THAT(DecodeForm(request.body),
-              UnorderedElementsAre(Pair("grant_type", "client_credentials"),
-                                   Pair("client_id", kClientId), Pair("client_secret", kSecret),
-                                   Pair("scope", kScope)));
+  EXPECT_THAT(
+      DecodeForm(request.body),
+      UnorderedElementsAre(Pair("grant_type", "client_credentials"), Pair("client_id", kClientId),
+                           Pair("client_secret", kSecret), Pair("scope", kScope)));
   EXPECT_EQ(request.deadline, absl::FromUnixSeconds(1700000030));
 }
 
@@ -163,7 +163,9 @@ TEST_F(ClientSecretCredentialTest, EscapesTheSecretInTheFormBody) {
 TEST_F(ClientSecretCredentialTest, JoinsScopesWithSpaces) {
   transport_.Enqueue(200, R"({"access_token":"t","expires_in":3599})");
   auto credential = Make(Options());
-  ASSERT_TRUE(Get(*credential, ScopeContext({"https://a.example/.default", "https://b.example/.default"})).ok());
+  ASSERT_TRUE(
+      Get(*credential, ScopeContext({"https://a.example/.default", "https://b.example/.default"}))
+          .ok());
   EXPECT_EQ(DecodeForm(transport_.requests()[0].body).at("scope"),
             "https://a.example/.default https://b.example/.default");
 }
@@ -176,6 +178,14 @@ TEST_F(ClientSecretCredentialTest, TokenUrlUsesTheAuthorityWithoutTrailingSlash)
   EXPECT_EQ(credential->TokenUrl(),
             "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/token");
   EXPECT_EQ(credential->Name(), "ClientSecretCredential");
+}
+
+TEST_F(ClientSecretCredentialTest, EmptyAuthorityIsTheCommercialCloud) {
+  ClientSecretCredentialOptions options = Options();
+  options.authority_host = "";
+  auto credential = Make(options);
+  EXPECT_EQ(credential->TokenUrl(),
+            absl::StrCat("https://login.microsoftonline.com/", kTenant, "/oauth2/v2.0/token"));
 }
 
 TEST_F(ClientSecretCredentialTest, NumericExpiresIn) {
@@ -214,7 +224,9 @@ TEST_F(ClientSecretCredentialTest, ExpiryIsDatedFromWhenTheRequestWasSent) {
   ASSERT_TRUE(credential.ok());
   const absl::Time sent = clock_.Now();
   std::optional<absl::StatusOr<AccessToken>> result;
-  (*credential)->GetToken(ScopeContext(), [&](absl::StatusOr<AccessToken> t) { result = std::move(t); });
+  (*credential)->GetToken(ScopeContext(), [&](absl::StatusOr<AccessToken> t) {
+    result = std::move(t);
+  });
   EXPECT_FALSE(result.has_value());
   clock_.Advance(absl::Seconds(5));
   http::HttpResponse response;
@@ -251,12 +263,12 @@ TEST_F(ClientSecretCredentialTest, InvalidClientSecretCarriesCodeAndCorrelationI
   auto info = GetErrorInfo(status);
   ASSERT_TRUE(info.has_value());
   EXPECT_EQ(info->domain(), kErrorDomain);
-  EXPECT_THAT(info->metadata(),
-              UnorderedElementsAre(Pair("aadsts_code", "AADSTS7000215"),
-                                   Pair("error", "invalid_client"),
-                                   Pair("correlation_id", "1234abcd-0000-1111-2222-333344445555"),
-                                   Pair("trace_id", "0b5e4f1c-aaaa-bbbb-cccc-0123456789ab"),
-                                   Pair("http_status", "401")));
+  EXPECT_THAT(
+      info->metadata(),
+      UnorderedElementsAre(Pair("aadsts_code", "AADSTS7000215"), Pair("error", "invalid_client"),
+                           Pair("correlation_id", "1234abcd-0000-1111-2222-333344445555"),
+                           Pair("trace_id", "0b5e4f1c-aaaa-bbbb-cccc-0123456789ab"),
+                           Pair("http_status", "401")));
   ExpectNoSecrets(status);
 }
 
@@ -300,7 +312,8 @@ TEST_F(ClientSecretCredentialTest, InvalidScopeHintsAtScope) {
     auto token = GetWithAnswer(
         400, absl::StrCat(R"({"error":"invalid_scope","error_description":"AADSTS)", code,
                           R"(: The provided value for the input parameter 'scope' is not valid.",
-                             "error_codes":[)", code, "]}"));
+                             "error_codes":[)",
+                          code, "]}"));
     ASSERT_FALSE(token.ok());
     EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
     EXPECT_THAT(token.status().message(), HasSubstr(absl::StrCat("AADSTS", code)));
@@ -363,12 +376,11 @@ TEST_F(ClientSecretCredentialTest, OtherStatusesAreUnavailable) {
 }
 
 TEST_F(ClientSecretCredentialTest, UnreadableSuccessIsInternal) {
-  for (const char* body : {"not json", "[1,2]", R"({"expires_in":3599})",
-                           R"({"access_token":42,"expires_in":3599})",
-                           R"({"access_token":"","expires_in":3599})",
-                           R"({"access_token":"abc"})",
-                           R"({"access_token":"abc","expires_in":"soon"})",
-                           R"({"access_token":"abc","expires_in":-5})"}) {
+  for (const char* body :
+       {"not json", "[1,2]", R"({"expires_in":3599})", R"({"access_token":42,"expires_in":3599})",
+        R"({"access_token":"","expires_in":3599})", R"({"access_token":"abc"})",
+        R"({"access_token":"abc","expires_in":"soon"})",
+        R"({"access_token":"abc","expires_in":-5})"}) {
     auto token = GetWithAnswer(200, body);
     ASSERT_FALSE(token.ok()) << body;
     EXPECT_EQ(token.status().code(), absl::StatusCode::kInternal) << body;
@@ -436,9 +448,11 @@ TEST_F(ClientSecretCredentialTest, CreateRejectsBadOptionsWithoutEchoingTheSecre
     change(options);
     cases.push_back({std::move(setting), std::move(options)});
   };
-  add("AZURE_AUTHORITY_HOST", [](auto& o) { o.authority_host = "http://login.microsoftonline.com"; });
+  add("AZURE_AUTHORITY_HOST",
+      [](auto& o) { o.authority_host = "http://login.microsoftonline.com"; });
   add("AZURE_AUTHORITY_HOST", [](auto& o) { o.authority_host = "login.microsoftonline.com"; });
-  add("AZURE_AUTHORITY_HOST", [](auto& o) { o.authority_host = "https://login.microsoftonline.com?x"; });
+  add("AZURE_AUTHORITY_HOST",
+      [](auto& o) { o.authority_host = "https://login.microsoftonline.com?x"; });
   add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = ""; });
   add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = "contoso/../evil"; });
   add("AZURE_TENANT_ID", [](auto& o) { o.tenant_id = "tenant id"; });

@@ -68,8 +68,8 @@ TEST(ErrorTest, UnparseablePayloadIsIgnored) {
 }
 
 TEST(ErrorTest, RetryDelayRoundTrips) {
-  absl::Status status = MakeError(absl::StatusCode::kResourceExhausted, "slow down",
-                                  "TOKEN_ENDPOINT_THROTTLED");
+  absl::Status status =
+      MakeError(absl::StatusCode::kResourceExhausted, "slow down", "TOKEN_ENDPOINT_THROTTLED");
   SetRetryDelay(status, absl::Seconds(30));
   auto delay = GetRetryDelay(status);
   ASSERT_TRUE(delay.has_value());
