@@ -9,7 +9,9 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <iterator>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -89,8 +91,15 @@ Flags ParseFlags(int argc, char** argv) {
     if (arg.rfind("--", 0) != 0) UsageError(absl::StrCat("unexpected argument '", arg, "'"));
     std::string name = arg;
     std::string value;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      name = arg.substr(0, eq);
+    size_t eq = arg.find('=');
+    if (eq != std::string::npos) name = arg.substr(0, eq);
+    static const char* const kKnown[] = {
+        "--listen",    "--ca-out",        "--port-file",          "--tenant-id",
+        "--client-id", "--client-secret", "--token-lifetime-seconds", "--action-step-ms"};
+    if (std::find(std::begin(kKnown), std::end(kKnown), name) == std::end(kKnown)) {
+      UsageError(absl::StrCat("unknown flag ", name));
+    }
+    if (eq != std::string::npos) {
       value = arg.substr(eq + 1);
     } else {
       if (i + 1 >= argc) UsageError(absl::StrCat(name, " needs a value"));

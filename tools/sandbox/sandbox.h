@@ -125,8 +125,12 @@ struct FaultRule {
   absl::Duration delay = absl::ZeroDuration();
   enum class Kind {
     kRespond,         // status/body/retry_after/delay as above
-    kDropConnection,  // read the request, then close the TCP connection without
-                      // answering; the real handler does NOT run
+    kDropConnection,  // read the request, then abort the TCP connection (RST)
+                      // without answering; the real handler does NOT run. Note:
+                      // libcurl silently resends a request once on a fresh
+                      // connection when a *reused* connection dies before any
+                      // answer byte: use times >= 2 (or -1) to make such a
+                      // client see the failure.
     kMalformedBody,   // run the real handler, replace its body with invalid JSON
     kSlowBody,        // run the real handler, send its body 8 bytes at a time
     kOversizeBody,    // answer 200 with a 16 MiB JSON object (real handler skipped)
