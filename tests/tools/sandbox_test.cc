@@ -3,6 +3,8 @@
 // endpoints, all through a real TLS client (httplib::SSLClient, verification on)
 // against an in-process Sandbox on port 0.
 
+#include "tools/sandbox/sandbox.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -27,7 +29,6 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "tools/sandbox/certs.h"
-#include "tools/sandbox/sandbox.h"
 
 namespace defender::sandbox {
 namespace {
@@ -266,8 +267,8 @@ TEST_F(SandboxTest, TokenErrorsLookLikeEntra) {
        90002},
       {"unknown client", kTenant, "client_id", "33333333-3333-3333-3333-333333333333", 400,
        "unauthorized_client", 700016},
-      {"scope without .default", kTenant, "scope", "https://api.securitycenter.microsoft.com",
-       400, "invalid_scope", 1002012},
+      {"scope without .default", kTenant, "scope", "https://api.securitycenter.microsoft.com", 400,
+       "invalid_scope", 1002012},
       {"other resource", kTenant, "scope", "https://graph.microsoft.com/.default", 400,
        "invalid_scope", 70011},
       {"no secret", kTenant, "client_secret", "", 401, "invalid_client", 7000216},
@@ -320,7 +321,8 @@ TEST_F(SandboxTest, QuarantineHappyPathReturnsAMachineAction) {
   const std::string token = Token();
   const std::string comment =
       "quotes \" ' backslash \\ \\\\ newline\nline two\r\ttab\t end; "
-      "non-ASCII: \xC3\x9Cn\xC3\xAF c\xC3\xB8" "d\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC "
+      "non-ASCII: \xC3\x9Cn\xC3\xAF c\xC3\xB8"
+      "d\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC "
       "\xF0\x9F\x9A\xA8 </script> {\"json\": true}";
   const absl::Time before = absl::Now();
   httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody(comment));
@@ -361,7 +363,8 @@ TEST_F(SandboxTest, QuarantineHappyPathReturnsAMachineAction) {
   EXPECT_EQ(a["sandboxExtra"], (json{{"x", 1}}));
 
   // The same action comes back from GET.
-  httplib::Result got = Get(token, absl::StrCat("/api/machineactions/", a["id"].get<std::string>()));
+  httplib::Result got =
+      Get(token, absl::StrCat("/api/machineactions/", a["id"].get<std::string>()));
   ASSERT_TRUE(got);
   EXPECT_EQ(got->status, 200);
   EXPECT_EQ(Parse(got->body)["requestorComment"].get<std::string>(), comment);
@@ -416,8 +419,8 @@ TEST_F(SandboxTest, QuarantineValidation) {
        "application/json", 404, "ResourceNotFound"},
       {"linux machine", kLinuxMachine, QuarantineBody("x"), "application/json", 400,
        "OsPlatformNotSupported"},
-      {"absent file", kDefaultMachineId, QuarantineBody("x", kAbsentSha1), "application/json",
-       404, "ResourceNotFound"},
+      {"absent file", kDefaultMachineId, QuarantineBody("x", kAbsentSha1), "application/json", 404,
+       "ResourceNotFound"},
       {"bad hash", kDefaultMachineId, QuarantineBody("x", "xyz"), "application/json", 400,
        "InvalidHashValue"},
       {"sha256 is not sha1", kDefaultMachineId, QuarantineBody("x", kKnownFileSha256),
@@ -440,8 +443,7 @@ TEST_F(SandboxTest, QuarantineValidation) {
         Client()->Post(QuarantinePath(c.machine), Auth(token), c.body, c.content_type);
     ExpectDefenderError(res, c.status, c.code);
   }
-  httplib::Result absent =
-      Quarantine(token, kDefaultMachineId, QuarantineBody("x", kAbsentSha1));
+  httplib::Result absent = Quarantine(token, kDefaultMachineId, QuarantineBody("x", kAbsentSha1));
   ASSERT_TRUE(absent);
   EXPECT_THAT(Parse(absent->body)["error"]["message"].get<std::string>(),
               HasSubstr("was not found in machine"));
@@ -511,8 +513,8 @@ TEST_F(SandboxTest, StatusProgressesWithTime) {
 }
 
 TEST_F(SandboxTest, GetUnknownActionIs404) {
-  ExpectDefenderError(Get(Token(), "/api/machineactions/00000000-0000-4000-8000-000000000000"),
-                      404, "ResourceNotFound");
+  ExpectDefenderError(Get(Token(), "/api/machineactions/00000000-0000-4000-8000-000000000000"), 404,
+                      "ResourceNotFound");
 }
 
 // ---------------------------------------------------------------------------
@@ -560,9 +562,9 @@ TEST_F(SandboxTest, FilterQuery) {
   EXPECT_EQ(list("", "1"), V{ids[2]});
   EXPECT_EQ(list(absl::StrCat("machineId eq '", kOtherMachine, "'"), "5"), V{ids[1]});
 
-  for (const std::string bad : {"computerDnsName eq 'x'", "machineId gt 'x'",
-                                "machineId eq 'unterminated", "creationDateTimeUtc ge yesterday",
-                                "machineId eq 'x' or type eq 'y'"}) {
+  for (const std::string bad :
+       {"computerDnsName eq 'x'", "machineId gt 'x'", "machineId eq 'unterminated",
+        "creationDateTimeUtc ge yesterday", "machineId eq 'x' or type eq 'y'"}) {
     SCOPED_TRACE(bad);
     ExpectDefenderError(Get(token, "/api/machineactions", {{"$filter", bad}}), 400, "ODataError");
   }
@@ -602,8 +604,8 @@ TEST_F(SandboxTest, CancelAnAction) {
                                      "application/json"),
                       400, "BadRequest");
   ExpectDefenderError(
-      Client()->Post("/api/machineactions/00000000-0000-4000-8000-000000000000/cancel",
-                     Auth(token), json{{"Comment", "x"}}.dump(), "application/json"),
+      Client()->Post("/api/machineactions/00000000-0000-4000-8000-000000000000/cancel", Auth(token),
+                     json{{"Comment", "x"}}.dump(), "application/json"),
       404, "ResourceNotFound");
   httplib::Result again = Quarantine(token, kDefaultMachineId, QuarantineBody("again"));
   ASSERT_TRUE(again);
@@ -874,8 +876,7 @@ TEST_F(SandboxTest, RequestsAreRecorded) {
   EXPECT_EQ(requests[0].method, "POST");
   EXPECT_EQ(requests[0].path, TokenPath());
   EXPECT_THAT(requests[0].body, HasSubstr("grant_type=client_credentials"));
-  EXPECT_THAT(requests[0].Header("content-type"),
-              StartsWith("application/x-www-form-urlencoded"));
+  EXPECT_THAT(requests[0].Header("content-type"), StartsWith("application/x-www-form-urlencoded"));
   EXPECT_EQ(requests[1].method, "GET");
   EXPECT_EQ(requests[1].path, "/api/machines");
   EXPECT_THAT(requests[1].target, StartsWith("/api/machines?"));
@@ -891,9 +892,9 @@ TEST_F(SandboxTest, ControlEndpoints) {
   const std::string token = Token();
 
   // A fault over HTTP.
-  json fault = {{"method", "GET"},     {"path_regex", "^/api/machines$"},
-                {"times", 1},          {"status", 503},
-                {"retry_after", "2"},  {"delay_ms", 1},
+  json fault = {{"method", "GET"},    {"path_regex", "^/api/machines$"},
+                {"times", 1},         {"status", 503},
+                {"retry_after", "2"}, {"delay_ms", 1},
                 {"kind", "respond"}};
   httplib::Result added = client->Post("/sandbox/faults", fault.dump(), "application/json");
   ASSERT_TRUE(added);
@@ -902,8 +903,8 @@ TEST_F(SandboxTest, ControlEndpoints) {
   ASSERT_TRUE(hit);
   EXPECT_EQ(hit->status, 503);
   EXPECT_EQ(hit->get_header_value("Retry-After"), "2");
-  for (const std::string bad : {R"({"kind":"explode"})", R"({"path_regex":"(["})",
-                                R"({"unknown":1})", "[]", "not json"}) {
+  for (const std::string bad :
+       {R"({"kind":"explode"})", R"({"path_regex":"(["})", R"({"unknown":1})", "[]", "not json"}) {
     httplib::Result rejected = client->Post("/sandbox/faults", bad, "application/json");
     ASSERT_TRUE(rejected);
     EXPECT_EQ(rejected->status, 400) << bad;

@@ -111,11 +111,11 @@ absl::StatusOr<X509Ptr> NewCertificate(EVP_PKEY* key, const std::string& common_
   }
   X509_NAME* subject = X509_get_subject_name(cert.get());
   if (X509_NAME_add_entry_by_txt(subject, "O", MBSTRING_UTF8,
-                                 reinterpret_cast<const unsigned char*>("defender-sandbox"),
-                                 -1, -1, 0) != 1 ||
+                                 reinterpret_cast<const unsigned char*>("defender-sandbox"), -1, -1,
+                                 0) != 1 ||
       X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_UTF8,
-                                 reinterpret_cast<const unsigned char*>(common_name.c_str()),
-                                 -1, -1, 0) != 1) {
+                                 reinterpret_cast<const unsigned char*>(common_name.c_str()), -1,
+                                 -1, 0) != 1) {
     return OpenSslError("subject name");
   }
   X509_NAME* issuer_name = issuer ? X509_get_subject_name(issuer) : subject;
@@ -134,7 +134,8 @@ absl::StatusOr<std::string> CertToPem(X509* cert) {
 
 absl::StatusOr<std::string> KeyToPem(EVP_PKEY* key) {
   BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+  if (!bio ||
+      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     return OpenSslError("PEM_write_bio_PrivateKey");
   }
   char* data = nullptr;
@@ -169,8 +170,7 @@ absl::StatusOr<CertBundle> GenerateCertificates(const std::vector<std::string>& 
     if (!s.ok()) return s;
   }
   // The authority key id refers to the subject key id added just above.
-  if (absl::Status s =
-          AddExtension(ca_cert, ca_cert, NID_authority_key_identifier, "keyid:always");
+  if (absl::Status s = AddExtension(ca_cert, ca_cert, NID_authority_key_identifier, "keyid:always");
       !s.ok()) {
     return s;
   }

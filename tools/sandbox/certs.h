@@ -39,8 +39,8 @@ struct CertBundle {
 // IPv6 addresses become IP SANs, all others DNS SANs; its CN is names[0].
 // Returns INVALID_ARGUMENT when `names` is empty or holds an empty string, and
 // INTERNAL when OpenSSL fails.
-absl::StatusOr<CertBundle> GenerateCertificates(
-    const std::vector<std::string>& names = {"127.0.0.1", "localhost"});
+absl::StatusOr<CertBundle> GenerateCertificates(const std::vector<std::string>& names = {
+                                                    "127.0.0.1", "localhost"});
 
 }  // namespace defender::sandbox
 

@@ -11,10 +11,10 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <iterator>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <string>
 
@@ -40,8 +40,10 @@ constexpr char kUsage[] =
     "  --ca-out FILE                 where to write the CA certificate PEM\n"
     "                                (default ./sandbox-ca.pem)\n"
     "  --port-file FILE              write the bound port number here once listening\n"
-    "  --tenant-id ID                accepted tenant (default 11111111-1111-1111-1111-111111111111)\n"
-    "  --client-id ID                accepted client (default 22222222-2222-2222-2222-222222222222)\n"
+    "  --tenant-id ID                accepted tenant (default "
+    "11111111-1111-1111-1111-111111111111)\n"
+    "  --client-id ID                accepted client (default "
+    "22222222-2222-2222-2222-222222222222)\n"
     "  --client-secret SECRET        accepted secret (default: $SANDBOX_CLIENT_SECRET,\n"
     "                                else sandbox-secret)\n"
     "  --token-lifetime-seconds N    token lifetime (default 3600)\n"
@@ -93,9 +95,14 @@ Flags ParseFlags(int argc, char** argv) {
     std::string value;
     size_t eq = arg.find('=');
     if (eq != std::string::npos) name = arg.substr(0, eq);
-    static const char* const kKnown[] = {
-        "--listen",    "--ca-out",        "--port-file",          "--tenant-id",
-        "--client-id", "--client-secret", "--token-lifetime-seconds", "--action-step-ms"};
+    static const char* const kKnown[] = {"--listen",
+                                         "--ca-out",
+                                         "--port-file",
+                                         "--tenant-id",
+                                         "--client-id",
+                                         "--client-secret",
+                                         "--token-lifetime-seconds",
+                                         "--action-step-ms"};
     if (std::find(std::begin(kKnown), std::end(kKnown), name) == std::end(kKnown)) {
       UsageError(absl::StrCat("unknown flag ", name));
     }
@@ -182,8 +189,8 @@ int main(int argc, char** argv) {
     std::cerr << "defender-sandbox: cannot write " << flags.port_file << std::endl;
     return 1;
   }
-  std::cout << "defender-sandbox listening on " << (*sandbox)->base_url() << " (CA: "
-            << flags.ca_out << ")" << std::endl;
+  std::cout << "defender-sandbox listening on " << (*sandbox)->base_url()
+            << " (CA: " << flags.ca_out << ")" << std::endl;
 
   // Serve until SIGTERM or SIGINT.
   int signal_number = 0;

@@ -107,9 +107,7 @@ bool IsHex(absl::string_view s, size_t length) {
          std::all_of(s.begin(), s.end(), [](char c) { return absl::ascii_isxdigit(c); });
 }
 
-std::string Dump(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 std::string Digest(const EVP_MD* md, absl::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
@@ -120,10 +118,9 @@ std::string Digest(const EVP_MD* md, absl::string_view data) {
 
 // DefenderErrorJson is the API's error body.
 json DefenderErrorJson(absl::string_view code, absl::string_view message) {
-  return json{{"error",
-               {{"code", std::string(code)},
-                {"message", std::string(message)},
-                {"target", NewGuid()}}}};
+  return json{
+      {"error",
+       {{"code", std::string(code)}, {"message", std::string(message)}, {"target", NewGuid()}}}};
 }
 
 void SetDefenderError(httplib::Response& res, int status, absl::string_view code,
@@ -135,18 +132,30 @@ void SetDefenderError(httplib::Response& res, int status, absl::string_view code
 // DefaultErrorCode names the Defender error code a bare status stands for.
 std::string DefaultErrorCode(int status) {
   switch (status) {
-    case 400: return "BadRequest";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "NotFound";
-    case 408: return "RequestTimeout";
-    case 409: return "Conflict";
-    case 429: return "TooManyRequests";
-    case 500: return "InternalServerError";
-    case 502: return "BadGateway";
-    case 503: return "ServiceUnavailable";
-    case 504: return "GatewayTimeout";
-    default: return absl::StrCat("Http", status);
+    case 400:
+      return "BadRequest";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "NotFound";
+    case 408:
+      return "RequestTimeout";
+    case 409:
+      return "Conflict";
+    case 429:
+      return "TooManyRequests";
+    case 500:
+      return "InternalServerError";
+    case 502:
+      return "BadGateway";
+    case 503:
+      return "ServiceUnavailable";
+    case 504:
+      return "GatewayTimeout";
+    default:
+      return absl::StrCat("Http", status);
   }
 }
 
@@ -184,9 +193,9 @@ absl::StatusOr<std::vector<FilterClause>> ParseFilter(const std::string& text) {
     return text.substr(start, pos - start);
   };
   auto syntax_error = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "The query specified in the URI is not valid. Syntax error at position ", pos,
-        " in '", text, "': ", what, "."));
+    return absl::InvalidArgumentError(
+        absl::StrCat("The query specified in the URI is not valid. Syntax error at position ", pos,
+                     " in '", text, "': ", what, "."));
   };
   skip_spaces();
   if (pos == text.size()) return syntax_error("empty $filter");
@@ -252,9 +261,9 @@ absl::StatusOr<QueryOptions> ParseQueryOptions(const httplib::Request& req) {
     } else if (key == "$top" || key == "$skip") {
       int n = 0;
       if (!absl::SimpleAtoi(value, &n) || n < 0 || (key == "$top" && n > kMaxTop)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "The query specified in the URI is not valid. Invalid value for ", key, ": ",
-            Quote(value), "."));
+        return absl::InvalidArgumentError(
+            absl::StrCat("The query specified in the URI is not valid. Invalid value for ", key,
+                         ": ", Quote(value), "."));
       }
       (key == "$top" ? q.top : q.skip) = n;
     } else if (absl::StartsWith(key, "$")) {
@@ -516,8 +525,7 @@ absl::Status Sandbox::Impl::Init() {
         BIO_new_mem_buf(certs_.cert_pem.data(), static_cast<int>(certs_.cert_pem.size())),
         &BIO_free);
     std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
-        BIO_new_mem_buf(certs_.key_pem.data(), static_cast<int>(certs_.key_pem.size())),
-        &BIO_free);
+        BIO_new_mem_buf(certs_.key_pem.data(), static_cast<int>(certs_.key_pem.size())), &BIO_free);
     std::unique_ptr<X509, decltype(&X509_free)> cert(
         cert_bio ? PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr) : nullptr,
         &X509_free);
@@ -534,14 +542,11 @@ absl::Status Sandbox::Impl::Init() {
   const size_t threads = static_cast<size_t>(o.threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_keep_alive_max_count(10000);
-  server_->set_keep_alive_timeout(
-      static_cast<time_t>(absl::ToInt64Seconds(o.keep_alive_timeout)));
+  server_->set_keep_alive_timeout(static_cast<time_t>(absl::ToInt64Seconds(o.keep_alive_timeout)));
   server_->set_read_timeout(10, 0);
   server_->set_write_timeout(10, 0);
   server_->set_payload_max_length(64 * 1024 * 1024);
-  auto handler = [this](const httplib::Request& req, httplib::Response& res) {
-    Handle(req, res);
-  };
+  auto handler = [this](const httplib::Request& req, httplib::Response& res) { Handle(req, res); };
   server_->Get(".*", handler);
   server_->Post(".*", handler);
   server_->Put(".*", handler);
@@ -579,7 +584,7 @@ absl::Status Sandbox::Impl::Init() {
   if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
 
   base_url_ = absl::StrContains(o.host, ':') ? absl::StrCat("https://[", o.host, "]:", port_)
-                                              : absl::StrCat("https://", o.host, ":", port_);
+                                             : absl::StrCat("https://", o.host, ":", port_);
 
   listener_ = std::thread([this] { server_->listen_after_bind(); });
   // stop() only works once the accept loop runs: wait for it.
@@ -742,11 +747,11 @@ void Sandbox::Impl::ApplyFault(const FaultRule& rule, const httplib::Request& re
     case Kind::kOversizeBody: {
       const std::string& big = OversizeBody();
       res.status = 200;
-      res.set_content_provider(
-          big.size(), kApiContentType,
-          [&big](size_t offset, size_t length, httplib::DataSink& sink) {
-            return sink.write(big.data() + offset, std::min<size_t>(length, 1 << 16));
-          });
+      res.set_content_provider(big.size(), kApiContentType,
+                               [&big](size_t offset, size_t length, httplib::DataSink& sink) {
+                                 return sink.write(big.data() + offset,
+                                                   std::min<size_t>(length, 1 << 16));
+                               });
       break;
     }
   }
@@ -766,9 +771,9 @@ void Sandbox::Impl::Dispatch(const httplib::Request& req, httplib::Response& res
     return;
   }
   if (path_known) {
-    SetDefenderError(res, 405, "MethodNotAllowed",
-                     absl::StrCat("The requested resource does not support http method '",
-                                  req.method, "'."));
+    SetDefenderError(
+        res, 405, "MethodNotAllowed",
+        absl::StrCat("The requested resource does not support http method '", req.method, "'."));
   } else {
     SetDefenderError(res, 404, "NotFound",
                      absl::StrCat("No HTTP resource was found that matches the request URI '",
@@ -779,8 +784,8 @@ void Sandbox::Impl::Dispatch(const httplib::Request& req, httplib::Response& res
 void Sandbox::Impl::RegisterRoutes() {
   auto add = [this](const char* method, const char* pattern, bool needs_token,
                     RouteHandler handler) {
-    routes_.push_back(Route{method, std::regex(pattern, std::regex::icase), needs_token,
-                            std::move(handler)});
+    routes_.push_back(
+        Route{method, std::regex(pattern, std::regex::icase), needs_token, std::move(handler)});
   };
   add("POST", "^/([^/]+)/oauth2/v2\\.0/token$", false,
       [this](const httplib::Request& req, httplib::Response& res, const std::smatch& m,
@@ -939,9 +944,9 @@ void Sandbox::Impl::Token(const httplib::Request& req, httplib::Response& res,
     return it == form.end() ? nullptr : &it->second;
   };
   auto missing = [&](const char* key) {
-    SetEntraError(res, 400, "invalid_request", 900144,
-                  absl::StrCat("The request body must contain the following parameter: '", key,
-                               "'."));
+    SetEntraError(
+        res, 400, "invalid_request", 900144,
+        absl::StrCat("The request body must contain the following parameter: '", key, "'."));
   };
   if (!absl::EqualsIgnoreCase(tenant, options_.tenant_id)) {
     return SetEntraError(
@@ -1085,8 +1090,7 @@ json Sandbox::Impl::MachineJson(const Machine& m) const {
   };
 }
 
-std::pair<std::string, absl::Time> Sandbox::Impl::StatusAt(const Action& a,
-                                                           absl::Time now) const {
+std::pair<std::string, absl::Time> Sandbox::Impl::StatusAt(const Action& a, absl::Time now) const {
   if (a.cancelled) return {"Cancelled", a.cancelled_at};
   const absl::Duration step = options_.action_step;
   if (now < a.created + step) return {"Pending", a.created};
@@ -1110,8 +1114,7 @@ json Sandbox::Impl::ActionJson(const Action& a, absl::Time now, bool with_contex
   j["computerDnsName"] = a.computer_dns_name;
   j["creationDateTimeUtc"] = FormatTime7(a.created);
   j["lastUpdateDateTimeUtc"] = FormatTime7(last_update);
-  j["cancellationRequestor"] =
-      a.cancelled ? json(a.cancellation_requestor) : json(nullptr);
+  j["cancellationRequestor"] = a.cancelled ? json(a.cancellation_requestor) : json(nullptr);
   j["cancellationComment"] = a.cancelled ? json(a.cancellation_comment) : json(nullptr);
   j["cancellationDateTimeUtc"] = a.cancelled ? json(FormatTime7(a.cancelled_at)) : json(nullptr);
   j["errorHResult"] = 0;
@@ -1169,9 +1172,8 @@ void Sandbox::Impl::StopAndQuarantineFile(const httplib::Request& req, httplib::
                      machine->os_platform, " (machine ", machine->id, ")."));
   }
   if (sha1 == kAbsentSha1) {
-    return SetDefenderError(
-        res, 404, "ResourceNotFound",
-        absl::StrCat("Sha1 ", sha1, " was not found in machine ", machine->id));
+    return SetDefenderError(res, 404, "ResourceNotFound",
+                            absl::StrCat("Sha1 ", sha1, " was not found in machine ", machine->id));
   }
   absl::MutexLock lock(&mu_);
   absl::Time now = absl::Now();
@@ -1216,16 +1218,16 @@ void Sandbox::Impl::ListActions(const httplib::Request& req, httplib::Response& 
                      c.field == "status" || c.field == "requestor";
     absl::Time t;
     if (is_string && c.op != "eq" && c.op != "ne") {
-      return SetDefenderError(res, 400, "ODataError",
-                              absl::StrCat("Operator '", c.op, "' is not supported for ",
-                                           c.field, "."));
+      return SetDefenderError(
+          res, 400, "ODataError",
+          absl::StrCat("Operator '", c.op, "' is not supported for ", c.field, "."));
     }
-    if (is_time && (!ParseIsoTime(c.value, &t) ||
-                    !(c.op == "eq" || c.op == "ne" || c.op == "gt" || c.op == "ge" ||
-                      c.op == "lt" || c.op == "le"))) {
-      return SetDefenderError(res, 400, "ODataError",
-                              absl::StrCat("Invalid date-time comparison on ", c.field, ": ",
-                                           c.op, " ", c.value, "."));
+    if (is_time &&
+        (!ParseIsoTime(c.value, &t) || !(c.op == "eq" || c.op == "ne" || c.op == "gt" ||
+                                         c.op == "ge" || c.op == "lt" || c.op == "le"))) {
+      return SetDefenderError(
+          res, 400, "ODataError",
+          absl::StrCat("Invalid date-time comparison on ", c.field, ": ", c.op, " ", c.value, "."));
     }
     if (!is_time && !is_string) {
       return SetDefenderError(res, 400, "ODataError",
@@ -1247,8 +1249,8 @@ void Sandbox::Impl::ListActions(const httplib::Request& req, httplib::Response& 
         absl::Time t;
         ParseIsoTime(c.value, &t);
         bool ok;
-        match = CompareTimes(c.field == "creationDateTimeUtc" ? a.created : last_update, c.op,
-                             t, &ok);
+        match =
+            CompareTimes(c.field == "creationDateTimeUtc" ? a.created : last_update, c.op, t, &ok);
       } else {
         std::string field_value = c.field == "id"          ? a.id
                                   : c.field == "machineId" ? a.machine_id
@@ -1315,9 +1317,9 @@ void Sandbox::Impl::ListMachines(const httplib::Request& req, httplib::Response&
                                            " on type 'Machine' that supports $filter."));
     }
     if (c.op != "eq" && c.op != "ne") {
-      return SetDefenderError(res, 400, "ODataError",
-                              absl::StrCat("Operator '", c.op, "' is not supported for ",
-                                           c.field, "."));
+      return SetDefenderError(
+          res, 400, "ODataError",
+          absl::StrCat("Operator '", c.op, "' is not supported for ", c.field, "."));
     }
   }
   json values = json::array();
@@ -1365,29 +1367,27 @@ void Sandbox::Impl::GetFile(httplib::Response& res, const std::string& hash, boo
                      json{{"@odata.context", absl::StrCat(base_url_, "/api/$metadata#Machines")},
                           {"value", std::move(values)}});
     }
-    return SetJson(
-        res, 200,
-        json{{"@odata.context", absl::StrCat(base_url_, "/api/$metadata#Files/$entity")},
-             {"sha1", f.sha1},
-             {"sha256", f.sha256},
-             {"md5", f.md5},
-             {"globalPrevalence", 42},
-             {"globalFirstObserved", FormatTime7(started_ - absl::Hours(24 * 365))},
-             {"globalLastObserved", FormatTime7(started_)},
-             {"size", f.size},
-             {"fileType", "PortableExecutable"},
-             {"isPeFile", true},
-             {"filePublisher", "Contoso Ltd."},
-             {"fileProductName", f.name},
-             {"signer", nullptr},
-             {"issuer", nullptr},
-             {"signerHash", nullptr},
-             {"isValidCertificate", false},
-             {"determinationType", "Unknown"},
-             {"determinationValue", ""}});
+    return SetJson(res, 200,
+                   json{{"@odata.context", absl::StrCat(base_url_, "/api/$metadata#Files/$entity")},
+                        {"sha1", f.sha1},
+                        {"sha256", f.sha256},
+                        {"md5", f.md5},
+                        {"globalPrevalence", 42},
+                        {"globalFirstObserved", FormatTime7(started_ - absl::Hours(24 * 365))},
+                        {"globalLastObserved", FormatTime7(started_)},
+                        {"size", f.size},
+                        {"fileType", "PortableExecutable"},
+                        {"isPeFile", true},
+                        {"filePublisher", "Contoso Ltd."},
+                        {"fileProductName", f.name},
+                        {"signer", nullptr},
+                        {"issuer", nullptr},
+                        {"signerHash", nullptr},
+                        {"isValidCertificate", false},
+                        {"determinationType", "Unknown"},
+                        {"determinationValue", ""}});
   }
-  SetDefenderError(res, 404, "ResourceNotFound",
-                   absl::StrCat("File ", hash, " was not found"));
+  SetDefenderError(res, 404, "ResourceNotFound", absl::StrCat("File ", hash, " was not found"));
 }
 
 // ---------------------------------------------------------------------------

@@ -95,8 +95,8 @@ struct SandboxOptions {
 // RecordedRequest is one request as the sandbox received it.
 struct RecordedRequest {
   std::string method;
-  std::string path;    // URL-decoded, without the query
-  std::string target;  // path + query exactly as received
+  std::string path;                                 // URL-decoded, without the query
+  std::string target;                               // path + query exactly as received
   std::multimap<std::string, std::string> headers;  // names as the client spelled them
   std::string body;
 
@@ -110,15 +110,15 @@ struct RecordedRequest {
 // calls (token requests included); the first rule that matches and has hits
 // left applies, and uses up one hit.
 struct FaultRule {
-  std::string method;      // "" = any; else compared exactly ("POST")
-  std::string path_regex;  // std::regex_search on the decoded path; "" = any.
-                           // An invalid regex matches nothing (reported on stderr).
-  int times = 1;           // matching requests it applies to; -1 = forever
-  int status = 0;          // kRespond: answer this status, skipping the real handler
-                           // (0 = run the real handler). kMalformedBody/kSlowBody:
-                           // if not 0, replaces the real handler's status.
-  std::string body;        // body for `status`; "" = a Defender-style error JSON
-                           // {"error":{"code":..,"message":..,"target":<guid>}}
+  std::string method;       // "" = any; else compared exactly ("POST")
+  std::string path_regex;   // std::regex_search on the decoded path; "" = any.
+                            // An invalid regex matches nothing (reported on stderr).
+  int times = 1;            // matching requests it applies to; -1 = forever
+  int status = 0;           // kRespond: answer this status, skipping the real handler
+                            // (0 = run the real handler). kMalformedBody/kSlowBody:
+                            // if not 0, replaces the real handler's status.
+  std::string body;         // body for `status`; "" = a Defender-style error JSON
+                            // {"error":{"code":..,"message":..,"target":<guid>}}
   std::string retry_after;  // if not empty, a Retry-After header with this value
   // kRespond, kDropConnection, kMalformedBody, kOversizeBody: wait this long
   // before answering. kSlowBody: the pause between body chunks.
