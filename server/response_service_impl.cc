@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "adapters/common/error.h"
@@ -26,6 +27,12 @@ void FinishCall(grpc::ServerUnaryReactor* reactor, absl::string_view method,
   reactor->Finish(ToGrpcStatus(status));
 }
 
+// TenantForLog is the caller's tenant name made safe for one log line.
+std::string TenantForLog(const std::string& tenant) {
+  if (tenant.empty()) return kDefaultTenantName;
+  return absl::CHexEscape(tenant.substr(0, 64));
+}
+
 }  // namespace
 
 ResponseServiceImpl::ResponseServiceImpl(const TenantDirectory& tenants,
@@ -36,7 +43,7 @@ absl::StatusOr<api::DefenderClient*> ResponseServiceImpl::Resolve(const std::str
   api::DefenderClient* client = tenants_.Find(tenant);
   if (client == nullptr) {
     return MakeError(absl::StatusCode::kInvalidArgument,
-                     absl::StrCat("tenant '", tenant, "' is not configured"), "UNKNOWN_TENANT",
+                     absl::StrCat("tenant '", absl::CHexEscape(tenant.substr(0, 64)), "' is not configured"), "UNKNOWN_TENANT",
                      {{"field", "tenant"}, {"tenant", tenant}});
   }
   return client;
@@ -54,8 +61,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
     v1::QuarantineFileResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Time started = absl::Now();
-  std::string details = absl::StrCat("tenant=", request->tenant().empty() ? kDefaultTenantName
-                                                                          : request->tenant());
+  std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   if (absl::Status valid = ValidateQuarantineFileRequest(*request); !valid.ok()) {
     FinishCall(reactor, "QuarantineFile", details, started, valid);
     return reactor;
@@ -89,8 +95,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
     v1::MachineAction* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Time started = absl::Now();
-  std::string details = absl::StrCat("tenant=", request->tenant().empty() ? kDefaultTenantName
-                                                                          : request->tenant());
+  std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   if (absl::Status valid = ValidateGetMachineActionRequest(*request); !valid.ok()) {
     FinishCall(reactor, "GetMachineAction", details, started, valid);
     return reactor;
