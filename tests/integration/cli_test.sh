@@ -7,7 +7,8 @@ BIN="$1"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,6 +59,10 @@ grep -q "INVALID_MACHINE_ID" "$work/err.txt" || fail "no reason on stderr"
 set +e
 "$ctl" frobnicate >/dev/null 2>&1; [ $? -eq 2 ] || fail "unknown command did not exit 2"
 set -e
+
+# Generic tools can discover the API through server reflection (Debian's
+# python3-grpcio, not whatever python3 comes first on PATH).
+/usr/bin/python3 "$(dirname "$0")/reflection_check.py" "$target" || fail "reflection"
 
 # No secret in the logs.
 if grep -q "sandbox-secret" "$work/plugin.log"; then fail "secret in the plugin's log"; fi
