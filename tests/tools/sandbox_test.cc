@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -975,9 +976,273 @@ TEST_F(SandboxTest, ManyConcurrentClients) {
   EXPECT_EQ(sandbox_->Requests().size(), static_cast<size_t>(kCallers + 1));
 }
 
+// ---------------------------------------------------------------------------
+// Dropping after the handler ran, accessors, Stop.
+
+TEST_F(SandboxTest, DropAfterHandlingRunsTheHandlerThenDrops) {
+  const std::string token = Token();
+  FaultRule rule;
+  rule.method = "POST";
+  rule.path_regex = "StopAndQuarantineFile$";
+  rule.kind = FaultRule::Kind::kDropAfterHandling;
+  sandbox_->AddFault(rule);
+  httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("dropped after"));
+  EXPECT_FALSE(res) << "got a response: " << res->status;
+  ASSERT_EQ(sandbox_->ActionCount(), 1) << "the real handler ran";
+  std::vector<std::string> ids = sandbox_->ActionIds();
+  ASSERT_EQ(ids.size(), 1u);
+  httplib::Result action = Get(token, absl::StrCat("/api/machineactions/", ids[0]));
+  ASSERT_TRUE(action);
+  EXPECT_EQ(action->status, 200);
+  EXPECT_EQ(Parse(action->body)["requestorComment"], "dropped after");
+  // A retry of the same request meets the action the first one created.
+  ExpectDefenderError(Quarantine(token, kDefaultMachineId, QuarantineBody("retry")), 400,
+                      "ActiveRequestAlreadyExists");
+  EXPECT_EQ(sandbox_->ActionCount(), 1);
+}
+
+TEST_F(SandboxTest, DropAfterHandlingOverHttpWithDelay) {
+  const std::string token = Token();
+  auto client = Client();
+  httplib::Result added = client->Post(
+      "/sandbox/faults", R"({"kind":"drop_after","path_regex":"^/api/machines/","delay_ms":50})",
+      "application/json");
+  ASSERT_TRUE(added);
+  ASSERT_EQ(added->status, 200) << added->body;
+  const absl::Time start = absl::Now();
+  EXPECT_FALSE(Quarantine(token, kDefaultMachineId, QuarantineBody("late drop")));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(50));
+  httplib::Result ids = client->Get("/sandbox/actions");
+  ASSERT_TRUE(ids);
+  json body = Parse(ids->body);
+  ASSERT_TRUE(body["ids"].is_array()) << ids->body;
+  ASSERT_EQ(body["ids"].size(), 1u);
+  EXPECT_EQ(body["ids"][0], sandbox_->ActionIds()[0]);
+  for (const std::string bad : {R"({"delay_ms":-2})", R"({"kind":"drop_later"})"}) {
+    httplib::Result rejected = client->Post("/sandbox/faults", bad, "application/json");
+    ASSERT_TRUE(rejected);
+    EXPECT_EQ(rejected->status, 400) << bad;
+  }
+}
+
+TEST_F(SandboxTest, ActionIdsAreInCreationOrder) {
+  const std::string token = Token();
+  EXPECT_TRUE(sandbox_->ActionIds().empty());
+  std::vector<std::string> created;
+  for (int i = 0; i < 3; ++i) {
+    std::string sha1 = std::string(39, 'b') + absl::StrCat(i);
+    httplib::Result res = Quarantine(token, kDefaultMachineId, QuarantineBody("order", sha1));
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 201);
+    created.push_back(Parse(res->body)["id"].get<std::string>());
+  }
+  EXPECT_EQ(sandbox_->ActionIds(), created);
+  EXPECT_EQ(sandbox_->ActionCount(), 3);
+  sandbox_->Reset();
+  EXPECT_EQ(sandbox_->ActionCount(), 0);
+}
+
+TEST_F(SandboxTest, CountRequestsByMethodAndPath) {
+  const std::string token = Token();
+  ASSERT_TRUE(Get(token, "/api/machines"));
+  ASSERT_TRUE(Get(token, absl::StrCat("/api/machines/", kDefaultMachineId)));
+  ASSERT_TRUE(Quarantine(token, kDefaultMachineId, QuarantineBody("count")));
+  Client()->Get("/sandbox/health");  // control calls are not recorded
+  EXPECT_EQ(sandbox_->CountRequests("", ""), 4);
+  EXPECT_EQ(sandbox_->CountRequests("GET", ""), 2);
+  EXPECT_EQ(sandbox_->CountRequests("POST", ""), 2);
+  EXPECT_EQ(sandbox_->CountRequests("POST", "StopAndQuarantineFile$"), 1);
+  EXPECT_EQ(sandbox_->CountRequests("", "^/api/machines"), 3);
+  EXPECT_EQ(sandbox_->CountRequests("GET", "^/api/machines$"), 1);
+  EXPECT_EQ(sandbox_->CountRequests("DELETE", ""), 0);
+  EXPECT_EQ(sandbox_->CountRequests("", "oauth2"), 1);
+  EXPECT_EQ(sandbox_->CountRequests("", "([unclosed"), -1);
+}
+
+TEST_F(SandboxTest, StopCutsAnEndlessDelayAndDropsDropAfter) {
+  FaultRule never;
+  never.path_regex = "^/api/machines$";
+  never.delay = absl::InfiniteDuration();
+  sandbox_->AddFault(never);
+  FaultRule drop_after;
+  drop_after.path_regex = "StopAndQuarantineFile$";
+  drop_after.kind = FaultRule::Kind::kDropAfterHandling;
+  drop_after.delay = absl::Seconds(60);
+  sandbox_->AddFault(drop_after);
+  const std::string token = Token();
+  std::atomic<int> finished{0};
+  int never_status = 0;  // -1 = no answer
+  bool drop_answered = true;
+  auto never_client = Client();
+  auto drop_client = Client();
+  never_client->set_read_timeout(120, 0);
+  drop_client->set_read_timeout(120, 0);
+  std::thread a([&] {
+    httplib::Result res = never_client->Get("/api/machines", Auth(token));
+    never_status = res ? res->status : -1;
+    ++finished;
+  });
+  std::thread b([&] {
+    drop_answered =
+        static_cast<bool>(drop_client->Post(QuarantinePath(kDefaultMachineId), Auth(token),
+                                            QuarantineBody("stopped"), "application/json"));
+    ++finished;
+  });
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((sandbox_->Requests().size() < 3 || sandbox_->ActionCount() < 1) &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(sandbox_->ActionCount(), 1);
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(finished.load(), 0) << "both requests still wait";
+  const absl::Time start = absl::Now();
+  sandbox_->Stop();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+  a.join();
+  b.join();
+  EXPECT_EQ(never_status, 503);
+  EXPECT_FALSE(drop_answered) << "dropped, not answered";
+  // Accessors still work after Stop; Stop is idempotent.
+  EXPECT_EQ(sandbox_->ActionCount(), 1);
+  EXPECT_EQ(sandbox_->CountRequests("POST", "StopAndQuarantineFile$"), 1);
+  sandbox_->Stop();
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits.
+
+class RateLimitTest : public SandboxTest {
+ protected:
+  void SetUp() override {}
+  void StartWithLimits(int per_minute, int per_hour) {
+    SandboxOptions options;
+    options.rate_per_minute = per_minute;
+    options.rate_per_hour = per_hour;
+    StartSandbox(options);
+  }
+  static int RetryAfter(const httplib::Result& res) {
+    int seconds = -1;
+    if (res && !absl::SimpleAtoi(res->get_header_value("Retry-After"), &seconds)) return -2;
+    return seconds;
+  }
+};
+
+TEST_F(RateLimitTest, DefaultsAreDefendersLimits) {
+  SandboxOptions options;
+  EXPECT_EQ(options.rate_per_minute, 100);
+  EXPECT_EQ(options.rate_per_hour, 1500);
+}
+
+TEST_F(RateLimitTest, PerMinuteLimitAnswers429WithRetryAfter) {
+  ASSERT_NO_FATAL_FAILURE(StartWithLimits(3, 0));
+  const std::string token = Token();
+  auto client = Client();
+  client->set_keep_alive(true);
+  for (int i = 0; i < 3; ++i) {
+    httplib::Result res = client->Get("/api/machines", Auth(token));
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << i;
+  }
+  for (int i = 0; i < 2; ++i) {  // 429s do not count (and do not extend the wait)
+    httplib::Result res = client->Get(absl::StrCat("/api/machines/", kDefaultMachineId),
+                                      Auth(token));  // same API: machines
+    ExpectDefenderError(res, 429, "TooManyRequests");
+    const int retry_after = RetryAfter(res);
+    EXPECT_GE(retry_after, 1);
+    EXPECT_LE(retry_after, 60);
+    EXPECT_THAT(Parse(res->body)["error"]["message"].get<std::string>(), HasSubstr("Machines"));
+  }
+  // Other APIs have their own budgets.
+  httplib::Result files = client->Get(absl::StrCat("/api/files/", kKnownFileSha1), Auth(token));
+  ASSERT_TRUE(files);
+  EXPECT_EQ(files->status, 200);
+  httplib::Result list = client->Get("/api/machineactions", Auth(token));
+  ASSERT_TRUE(list);
+  EXPECT_EQ(list->status, 200);
+  // The token endpoint is not limited here.
+  for (int i = 0; i < 4; ++i) EXPECT_FALSE(Token().empty());
+  // Requests without a valid token are refused before counting.
+  ExpectDefenderError(Client()->Get("/api/files/x"), 401, "Unauthorized");
+  EXPECT_EQ(sandbox_->CountRequests("GET", "^/api/machines"), 5);
+}
+
+TEST_F(RateLimitTest, RetryAfterCountsDown) {
+  // A one-call-per-minute budget: the wait is about a minute and shrinks.
+  ASSERT_NO_FATAL_FAILURE(StartWithLimits(1, 0));
+  const std::string token = Token();
+  httplib::Result first = Quarantine(token, kDefaultMachineId, QuarantineBody("one"));
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 201);
+  httplib::Result second = Quarantine(token, kOtherMachine, QuarantineBody("two"));
+  ExpectDefenderError(second, 429, "TooManyRequests");
+  const int wait1 = RetryAfter(second);
+  EXPECT_GE(wait1, 50) << "a minute minus the time the calls took";
+  EXPECT_LE(wait1, 60);
+  EXPECT_EQ(sandbox_->ActionCount(), 1) << "a throttled call creates nothing";
+  absl::SleepFor(absl::Milliseconds(1100));
+  httplib::Result third = Quarantine(token, kOtherMachine, QuarantineBody("three"));
+  ExpectDefenderError(third, 429, "TooManyRequests");
+  EXPECT_LT(RetryAfter(third), wait1);
+  EXPECT_GE(RetryAfter(third), 1);
+  // Reset clears the windows.
+  sandbox_->Reset();
+  httplib::Result after_reset = Quarantine(Token(), kOtherMachine, QuarantineBody("four"));
+  ASSERT_TRUE(after_reset);
+  EXPECT_EQ(after_reset->status, 201);
+}
+
+TEST_F(RateLimitTest, PerHourLimitCountsErrorsAndApisSeparately) {
+  ASSERT_NO_FATAL_FAILURE(StartWithLimits(0, 2));
+  const std::string token = Token();
+  const std::string path = absl::StrCat("/api/machineactions/", "00000000-0000-0000-0000-0");
+  ExpectDefenderError(Get(token, path), 404, "ResourceNotFound");  // errors count too
+  ExpectDefenderError(Get(token, path), 404, "ResourceNotFound");
+  httplib::Result throttled = Get(token, path);
+  ExpectDefenderError(throttled, 429, "TooManyRequests");
+  const int wait = RetryAfter(throttled);
+  EXPECT_GT(wait, 3500);
+  EXPECT_LE(wait, 3600);
+  // Cancel is another API.
+  ExpectDefenderError(Client()->Post(absl::StrCat(path, "/cancel"), Auth(token),
+                                     R"({"Comment":"c"})", "application/json"),
+                      404, "ResourceNotFound");
+}
+
+TEST_F(RateLimitTest, ZeroTurnsLimitsOff) {
+  ASSERT_NO_FATAL_FAILURE(StartWithLimits(0, 0));
+  const std::string token = Token();
+  auto client = Client();
+  client->set_keep_alive(true);
+  for (int i = 0; i < 120; ++i) {
+    httplib::Result res = client->Get("/api/machines", Auth(token));
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << i;
+  }
+}
+
+TEST_F(RateLimitTest, DefaultLimitBitesAfter100Calls) {
+  ASSERT_NO_FATAL_FAILURE(StartWithLimits(100, 1500));
+  const std::string token = Token();
+  auto client = Client();
+  client->set_keep_alive(true);
+  int ok = 0, throttled = 0;
+  for (int i = 0; i < 103; ++i) {
+    httplib::Result res = client->Get("/api/machineactions", Auth(token));
+    ASSERT_TRUE(res);
+    if (res->status == 200) ++ok;
+    if (res->status == 429) ++throttled;
+  }
+  EXPECT_EQ(ok, 100);
+  EXPECT_EQ(throttled, 3);
+}
+
 TEST(SandboxStartTest, RejectsBadOptionsAndBusyPorts) {
   SandboxOptions options;
   options.threads = 0;
+  EXPECT_EQ(Sandbox::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options = SandboxOptions();
+  options.rate_per_minute = -1;
   EXPECT_EQ(Sandbox::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
   auto first = Sandbox::Start(SandboxOptions());
   ASSERT_TRUE(first.ok()) << first.status();

@@ -48,7 +48,19 @@ constexpr char kUsage[] =
     "                                else sandbox-secret)\n"
     "  --token-lifetime-seconds N    token lifetime (default 3600)\n"
     "  --action-step-ms N            Pending -> InProgress -> Succeeded step (default 2000)\n"
-    "  --help                        show this text\n";
+    "  --rate-per-minute N           Defender's rate limit: calls per client and API in\n"
+    "                                any sliding minute, else 429 with Retry-After\n"
+    "                                (default 100; 0 = no per-minute limit)\n"
+    "  --rate-per-hour N             the same per sliding hour (default 1500; 0 = off)\n"
+    "  --help                        show this text\n"
+    "\n"
+    "Control endpoints (no authentication): GET /sandbox/health,\n"
+    "POST|DELETE /sandbox/faults, GET|DELETE /sandbox/requests, GET /sandbox/actions,\n"
+    "POST /sandbox/expire-tokens, POST /sandbox/reset. A fault is a JSON object\n"
+    "with optional keys method, path_regex, times (-1 = forever), status, body,\n"
+    "retry_after, delay_ms (-1 = never answer) and kind: respond, drop (reset the\n"
+    "connection, handler not run), drop_after (run the handler, then reset the\n"
+    "connection), malformed, slow, oversize. See tools/sandbox/sandbox.h.\n";
 
 struct Flags {
   SandboxOptions options;
@@ -102,7 +114,9 @@ Flags ParseFlags(int argc, char** argv) {
                                          "--client-id",
                                          "--client-secret",
                                          "--token-lifetime-seconds",
-                                         "--action-step-ms"};
+                                         "--action-step-ms",
+                                         "--rate-per-minute",
+                                         "--rate-per-hour"};
     if (std::find(std::begin(kKnown), std::end(kKnown), name) == std::end(kKnown)) {
       UsageError(absl::StrCat("unknown flag ", name));
     }
@@ -138,6 +152,12 @@ Flags ParseFlags(int argc, char** argv) {
         UsageError("--action-step-ms wants an integer >= 0");
       }
       flags.options.action_step = absl::Milliseconds(number);
+    } else if (name == "--rate-per-minute" || name == "--rate-per-hour") {
+      if (!absl::SimpleAtoi(value, &number) || number < 0 || number > 1000000000) {
+        UsageError(absl::StrCat(name, " wants an integer >= 0"));
+      }
+      (name == "--rate-per-minute" ? flags.options.rate_per_minute : flags.options.rate_per_hour) =
+          static_cast<int>(number);
     } else {
       UsageError(absl::StrCat("unknown flag ", name));
     }

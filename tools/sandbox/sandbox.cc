@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -394,6 +395,19 @@ class Sandbox::Impl {
     absl::MutexLock lock(&mu_);
     return requests_;
   }
+  int CountRequests(const std::string& method, const std::string& path_regex) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<std::string> ActionIds() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> ids;
+    ids.reserve(actions_.size());
+    for (const Action& a : actions_) ids.push_back(a.id);
+    return ids;
+  }
+  int ActionCount() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int>(actions_.size());
+  }
   void ClearRequests() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     requests_.clear();
@@ -413,6 +427,7 @@ class Sandbox::Impl {
     actions_.clear();
     tokens_.clear();
     token_requests_ = 0;
+    rate_windows_.clear();
   }
 
  private:
@@ -428,6 +443,7 @@ class Sandbox::Impl {
     std::string method;
     std::regex pattern;
     bool needs_token;
+    std::string api;  // the rate limit family; "" = not rate-limited
     RouteHandler handler;
   };
 
@@ -441,6 +457,10 @@ class Sandbox::Impl {
   // SleepUnlessStopping waits `d`; returns false (early) when the sandbox stops.
   bool SleepUnlessStopping(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu_);
   static void DropConnection(const httplib::Request& req);
+  // AdmitCall applies the rate limits to a call of `api` by `client`: it
+  // counts the call and returns true, or answers 429 and returns false.
+  bool AdmitCall(const std::string& client, const std::string& api, httplib::Response& res)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Endpoints.
   void Token(const httplib::Request& req, httplib::Response& res, const std::string& tenant);
@@ -483,6 +503,10 @@ class Sandbox::Impl {
   std::map<std::string, TokenInfo> tokens_ ABSL_GUARDED_BY(mu_);
   int token_requests_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Action> actions_ ABSL_GUARDED_BY(mu_);  // creation order
+  // Admitted calls per (client id, api), oldest first, within the longest
+  // enabled rate window.
+  std::map<std::pair<std::string, std::string>, std::deque<absl::Time>> rate_windows_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // ---------------------------------------------------------------------------
@@ -504,6 +528,9 @@ absl::Status Sandbox::Impl::Init() {
   }
   if (o.keep_alive_timeout < absl::Seconds(1)) {
     return absl::InvalidArgumentError("keep_alive_timeout must be at least 1s");
+  }
+  if (o.rate_per_minute < 0 || o.rate_per_hour < 0) {
+    return absl::InvalidArgumentError("rate_per_minute and rate_per_hour must be >= 0");
   }
   for (const Machine& m : machines_) {
     if (!IsHex(m.id, 40)) {
@@ -695,10 +722,71 @@ void Sandbox::Impl::DropConnection(const httplib::Request& req) {
   ::shutdown(fd, SHUT_RDWR);
 }
 
+int Sandbox::Impl::CountRequests(const std::string& method, const std::string& path_regex) const {
+  std::regex regex;
+  if (!path_regex.empty()) {
+    try {
+      regex = std::regex(path_regex);
+    } catch (const std::regex_error&) {
+      return -1;
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(std::count_if(requests_.begin(), requests_.end(), [&](const auto& r) {
+    return (method.empty() || r.method == method) &&
+           (path_regex.empty() || std::regex_search(r.path, regex));
+  }));
+}
+
+bool Sandbox::Impl::AdmitCall(const std::string& client, const std::string& api,
+                              httplib::Response& res) {
+  struct Window {
+    int limit;
+    absl::Duration length;
+  };
+  const Window windows[] = {{options_.rate_per_minute, absl::Minutes(1)},
+                            {options_.rate_per_hour, absl::Hours(1)}};
+  absl::Duration longest = absl::ZeroDuration();
+  for (const Window& w : windows) {
+    if (w.limit > 0) longest = std::max(longest, w.length);
+  }
+  if (longest == absl::ZeroDuration()) return true;
+
+  absl::Duration wait = absl::ZeroDuration();
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    std::deque<absl::Time>& calls = rate_windows_[{client, api}];
+    while (!calls.empty() && calls.front() <= now - longest) calls.pop_front();
+    for (const Window& w : windows) {
+      if (w.limit <= 0) continue;
+      // The calls inside this window are a suffix of `calls`.
+      auto first = std::upper_bound(calls.begin(), calls.end(), now - w.length);
+      const int64_t in_window = calls.end() - first;
+      if (in_window < w.limit) continue;
+      // A slot frees when the call `in_window - limit` places into the window
+      // leaves it.
+      wait = std::max(wait, *(first + (in_window - w.limit)) + w.length - now);
+    }
+    if (wait == absl::ZeroDuration()) {
+      calls.push_back(now);
+      return true;
+    }
+  }
+  const int64_t seconds =
+      std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(wait, absl::Seconds(1))));
+  SetDefenderError(
+      res, 429, "TooManyRequests",
+      absl::StrCat("Rate limit is exceeded for ", api, ". Try again in ", seconds, " seconds."));
+  res.set_header("Retry-After", std::to_string(seconds));
+  return false;
+}
+
 void Sandbox::Impl::ApplyFault(const FaultRule& rule, const httplib::Request& req,
                                httplib::Response& res) {
   using Kind = FaultRule::Kind;
-  if (rule.kind != Kind::kSlowBody && !SleepUnlessStopping(rule.delay)) {
+  if (rule.kind != Kind::kSlowBody && rule.kind != Kind::kDropAfterHandling &&
+      !SleepUnlessStopping(rule.delay) && rule.kind != Kind::kDropConnection) {
     SetDefenderError(res, 503, "ServiceUnavailable", "The sandbox is stopping.");
     return;
   }
@@ -719,6 +807,12 @@ void Sandbox::Impl::ApplyFault(const FaultRule& rule, const httplib::Request& re
       }
       break;
     case Kind::kDropConnection:
+      DropConnection(req);
+      res.status = 500;
+      return;
+    case Kind::kDropAfterHandling:
+      Dispatch(req, res);
+      SleepUnlessStopping(rule.delay);  // dropped also when the sandbox stops
       DropConnection(req);
       res.status = 500;
       return;
@@ -768,6 +862,7 @@ void Sandbox::Impl::Dispatch(const httplib::Request& req, httplib::Response& res
     if (route.method != req.method) continue;
     std::string client;
     if (route.needs_token && !Authenticate(req, res, &client)) return;
+    if (!route.api.empty() && !AdmitCall(client, route.api, res)) return;
     route.handler(req, res, match, client);
     return;
   }
@@ -783,36 +878,38 @@ void Sandbox::Impl::Dispatch(const httplib::Request& req, httplib::Response& res
 }
 
 void Sandbox::Impl::RegisterRoutes() {
-  auto add = [this](const char* method, const char* pattern, bool needs_token,
+  // `api` names the rate limit family (SandboxOptions::rate_per_minute).
+  auto add = [this](const char* method, const char* pattern, const char* api,
                     RouteHandler handler) {
-    routes_.push_back(
-        Route{method, std::regex(pattern, std::regex::icase), needs_token, std::move(handler)});
+    const bool needs_token = *api != '\0';
+    routes_.push_back(Route{method, std::regex(pattern, std::regex::icase), needs_token, api,
+                            std::move(handler)});
   };
-  add("POST", "^/([^/]+)/oauth2/v2\\.0/token$", false,
+  add("POST", "^/([^/]+)/oauth2/v2\\.0/token$", "",
       [this](const httplib::Request& req, httplib::Response& res, const std::smatch& m,
              const std::string&) { Token(req, res, m[1].str()); });
-  add("POST", "^/api/machines/([^/]+)/StopAndQuarantineFile$", true,
+  add("POST", "^/api/machines/([^/]+)/StopAndQuarantineFile$", "StopAndQuarantineFile",
       [this](const httplib::Request& req, httplib::Response& res, const std::smatch& m,
              const std::string& client) { StopAndQuarantineFile(req, res, m[1].str(), client); });
-  add("GET", "^/api/machineactions/?$", true,
+  add("GET", "^/api/machineactions/?$", "ListMachineActions",
       [this](const httplib::Request& req, httplib::Response& res, const std::smatch&,
              const std::string&) { ListActions(req, res); });
-  add("GET", "^/api/machineactions/([^/]+)$", true,
+  add("GET", "^/api/machineactions/([^/]+)$", "GetMachineAction",
       [this](const httplib::Request&, httplib::Response& res, const std::smatch& m,
              const std::string&) { GetAction(res, m[1].str()); });
-  add("POST", "^/api/machineactions/([^/]+)/cancel$", true,
+  add("POST", "^/api/machineactions/([^/]+)/cancel$", "CancelMachineAction",
       [this](const httplib::Request& req, httplib::Response& res, const std::smatch& m,
              const std::string& client) { CancelAction(req, res, m[1].str(), client); });
-  add("GET", "^/api/machines/?$", true,
+  add("GET", "^/api/machines/?$", "Machines",
       [this](const httplib::Request& req, httplib::Response& res, const std::smatch&,
              const std::string&) { ListMachines(req, res); });
-  add("GET", "^/api/machines/([^/]+)$", true,
+  add("GET", "^/api/machines/([^/]+)$", "Machines",
       [this](const httplib::Request&, httplib::Response& res, const std::smatch& m,
              const std::string&) { GetMachine(res, m[1].str()); });
-  add("GET", "^/api/files/([^/]+)$", true,
+  add("GET", "^/api/files/([^/]+)$", "Files",
       [this](const httplib::Request&, httplib::Response& res, const std::smatch& m,
              const std::string&) { GetFile(res, m[1].str(), /*machines=*/false); });
-  add("GET", "^/api/files/([^/]+)/machines$", true,
+  add("GET", "^/api/files/([^/]+)/machines$", "Files",
       [this](const httplib::Request&, httplib::Response& res, const std::smatch& m,
              const std::string&) { GetFile(res, m[1].str(), /*machines=*/true); });
 }
@@ -837,6 +934,7 @@ void Sandbox::Impl::HandleControl(const httplib::Request& req, httplib::Response
     static const std::map<std::string, FaultRule::Kind> kKinds = {
         {"respond", FaultRule::Kind::kRespond},
         {"drop", FaultRule::Kind::kDropConnection},
+        {"drop_after", FaultRule::Kind::kDropAfterHandling},
         {"malformed", FaultRule::Kind::kMalformedBody},
         {"slow", FaultRule::Kind::kSlowBody},
         {"oversize", FaultRule::Kind::kOversizeBody}};
@@ -859,8 +957,9 @@ void Sandbox::Impl::HandleControl(const httplib::Request& req, httplib::Response
       } else if (key == "retry_after" && (value.is_string() || value.is_number_integer())) {
         rule.retry_after =
             value.is_string() ? value.get<std::string>() : std::to_string(value.get<int64_t>());
-      } else if (key == "delay_ms" && value.is_number_integer()) {
-        rule.delay = absl::Milliseconds(value.get<int64_t>());
+      } else if (key == "delay_ms" && value.is_number_integer() && value.get<int64_t>() >= -1) {
+        const int64_t ms = value.get<int64_t>();
+        rule.delay = ms == -1 ? absl::InfiniteDuration() : absl::Milliseconds(ms);
       } else if (key == "kind" && value.is_string() && kKinds.count(value.get<std::string>())) {
         rule.kind = kKinds.at(value.get<std::string>());
       } else {
@@ -896,6 +995,8 @@ void Sandbox::Impl::HandleControl(const httplib::Request& req, httplib::Response
   } else if (p == "/sandbox/requests" && m == "DELETE") {
     ClearRequests();
     ok();
+  } else if (p == "/sandbox/actions" && m == "GET") {
+    SetJson(res, 200, json{{"ids", ActionIds()}}, kJsonContentType);
   } else if (p == "/sandbox/expire-tokens" && m == "POST") {
     ExpireAllTokens();
     ok();
@@ -1421,6 +1522,12 @@ std::vector<RecordedRequest> Sandbox::Requests() const { return impl_->Requests(
 void Sandbox::ClearRequests() { impl_->ClearRequests(); }
 void Sandbox::ExpireAllTokens() { impl_->ExpireAllTokens(); }
 int Sandbox::TokenRequests() const { return impl_->TokenRequests(); }
+int Sandbox::CountRequests(const std::string& method, const std::string& path_regex) const {
+  return impl_->CountRequests(method, path_regex);
+}
+std::vector<std::string> Sandbox::ActionIds() const { return impl_->ActionIds(); }
+int Sandbox::ActionCount() const { return impl_->ActionCount(); }
 void Sandbox::Reset() { impl_->Reset(); }
+void Sandbox::Stop() { impl_->Stop(); }
 
 }  // namespace defender::sandbox

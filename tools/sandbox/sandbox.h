@@ -13,7 +13,23 @@
 //   GET  /api/files/{sha1|sha256}                      GET /api/files/{sha1}/machines
 //
 // plus unauthenticated control endpoints under /sandbox/ (faults, recorded
-// requests, token expiry, reset, health) for tests in other processes.
+// requests, created actions, token expiry, reset, health) for tests in other
+// processes:
+//
+//   GET    /sandbox/health            "ok"
+//   POST   /sandbox/faults            add a FaultRule given as JSON: method,
+//          path_regex, times, status, body, retry_after, delay_ms (-1 = never
+//          answer), kind ("respond", "drop", "drop_after", "malformed", "slow",
+//          "oversize")
+//   DELETE /sandbox/faults            ClearFaults
+//   GET    /sandbox/requests          Requests as a JSON array
+//   DELETE /sandbox/requests          ClearRequests
+//   GET    /sandbox/actions           {"ids": ActionIds()}
+//   POST   /sandbox/expire-tokens     ExpireAllTokens
+//   POST   /sandbox/reset             Reset
+//
+// Like the real service it rate-limits the API per client and API (see
+// SandboxOptions::rate_per_minute).
 // Its base_url() is both the Defender API base and the login authority host.
 //
 // Example (in-process, in a test):
@@ -90,6 +106,18 @@ struct SandboxOptions {
   // How long an idle keep-alive connection is kept open (it holds a worker
   // thread meanwhile, and delays the destructor). Whole seconds, at least 1.
   absl::Duration keep_alive_timeout = absl::Seconds(2);
+  // Defender's own rate limits, on by default like the real service: each
+  // (token's client id, API) pair may make this many calls within any sliding
+  // minute / hour; 0 turns that window off. The APIs counted separately are
+  // StopAndQuarantineFile, GET /api/machineactions/{id}, GET /api/machineactions
+  // (list), POST .../cancel, /api/files/..., and /api/machines[/{id}]. Token
+  // requests, /sandbox/* control calls, requests without a valid token and
+  // requests a fault answers without the real handler are not counted. Over
+  // budget the answer is 429 TooManyRequests with `Retry-After: N` (whole
+  // seconds until a slot frees, rounded up, at least 1); 429s do not count.
+  // Tests that make more than 100 calls of one API a minute must raise these.
+  int rate_per_minute = 100;
+  int rate_per_hour = 1500;
 };
 
 // RecordedRequest is one request as the sandbox received it.
@@ -121,7 +149,12 @@ struct FaultRule {
                             // {"error":{"code":..,"message":..,"target":<guid>}}
   std::string retry_after;  // if not empty, a Retry-After header with this value
   // kRespond, kDropConnection, kMalformedBody, kOversizeBody: wait this long
-  // before answering. kSlowBody: the pause between body chunks.
+  // before answering. kDropAfterHandling: wait this long after the real handler
+  // ran, then drop. kSlowBody: the pause between body chunks.
+  // absl::InfiniteDuration() = never answer (until the sandbox stops). Stopping
+  // the sandbox (Stop or the destructor) cuts every delay short: delayed
+  // requests are then answered 503 ServiceUnavailable (kDropAfterHandling and
+  // kDropConnection requests are dropped anyway).
   absl::Duration delay = absl::ZeroDuration();
   enum class Kind {
     kRespond,         // status/body/retry_after/delay as above
@@ -134,6 +167,13 @@ struct FaultRule {
     kMalformedBody,   // run the real handler, replace its body with invalid JSON
     kSlowBody,        // run the real handler, send its body 8 bytes at a time
     kOversizeBody,    // answer 200 with a 16 MiB JSON object (real handler skipped)
+    // Run the real handler (so e.g. the machine action IS created, and rate
+    // limits count the call), wait `delay`, then abort the connection like
+    // kDropConnection: "the connection dropped after the request went out".
+    // The same libcurl note applies: on a reused connection libcurl resends
+    // the request once by itself, and the resent request reaches the handler
+    // (and any later rule) again.
+    kDropAfterHandling,
   } kind = Kind::kRespond;
 };
 
@@ -171,6 +211,17 @@ class Sandbox {
   std::vector<RecordedRequest> Requests() const;
   void ClearRequests();
 
+  // CountRequests returns how many recorded requests (see Requests) have
+  // method `method` ("" = any) and a decoded path in which `path_regex` is
+  // found (std::regex_search; "" = any), or -1 if `path_regex` is invalid.
+  int CountRequests(const std::string& method, const std::string& path_regex) const;
+
+  // ActionIds returns the ids of every machine action created since Start or
+  // Reset, in creation order; ActionCount returns their number. Actions that
+  // a dropped connection never reported (kDropAfterHandling) are included.
+  std::vector<std::string> ActionIds() const;
+  int ActionCount() const;
+
   // ExpireAllTokens makes every token issued so far invalid: API calls bearing
   // one answer 401 Unauthorized. Tokens issued afterwards work.
   void ExpireAllTokens();
@@ -178,9 +229,15 @@ class Sandbox {
   // failed ones and ones a fault answered) since Start or Reset.
   int TokenRequests() const;
 
-  // Reset clears faults, recorded requests, machine actions, issued tokens and
-  // the token request count.
+  // Reset clears faults, recorded requests, machine actions, issued tokens,
+  // the token request count and the rate limit windows.
   void Reset();
+
+  // Stop stops the server, as the destructor does: in-flight fault delays are
+  // cut short, then it waits for the worker threads (and for idle keep-alive
+  // connections, up to keep_alive_timeout). Idempotent; afterwards only the
+  // accessors above may be called (they report what was recorded).
+  void Stop();
 
  private:
   class Impl;
