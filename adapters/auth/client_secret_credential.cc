@@ -15,6 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "adapters/common/error.h"
+#include "adapters/common/retry.h"
 #include "adapters/region/region.h"
 #include "nlohmann/json.hpp"
 
@@ -70,24 +71,6 @@ bool NumberField(const json& body, const char* name, double& out) {
     return false;
   }
   return std::isfinite(out);
-}
-
-// RetryAfter reads a Retry-After header: delay seconds or an HTTP-date.
-bool RetryAfter(const http::HttpResponse& response, absl::Time now, absl::Duration& delay) {
-  const std::string value(absl::StripAsciiWhitespace(response.Header("Retry-After")));
-  if (value.empty()) return false;
-  int64_t seconds = 0;
-  if (absl::SimpleAtoi(value, &seconds)) {
-    delay = absl::Seconds(std::max<int64_t>(seconds, 0));
-    return true;
-  }
-  absl::Time when;
-  std::string error;
-  if (absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", value, absl::UTCTimeZone(), &when, &error)) {
-    delay = std::max(when - now, absl::ZeroDuration());
-    return true;
-  }
-  return false;
 }
 
 // AadstsCode returns "AADSTSnnnn" from error_codes[0] or from the start of
@@ -266,8 +249,9 @@ absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& respons
         absl::StrCat("token endpoint answered HTTP ", status, "; check AZURE_AUTHORITY_HOST"),
         "TOKEN_ENDPOINT_UNEXPECTED_STATUS", metadata);
   }
-  absl::Duration delay;
-  if (RetryAfter(response, now, delay)) SetRetryDelay(error, delay);
+  if (auto delay = ParseRetryAfter(response.Header("Retry-After"), now)) {
+    SetRetryDelay(error, *delay);
+  }
   return error;
 }
 

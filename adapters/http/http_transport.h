@@ -22,11 +22,13 @@
 // outcome is unknown) or "false" when it certainly did not. A request the
 // transport refuses to send (bad URL, method or header) fails with
 // INVALID_HTTP_REQUEST, one cut short by the transport's destruction with
-// TRANSPORT_SHUT_DOWN (CANCELLED), both with "request_sent" too. The
-// canonical codes are listed in curl_transport.h.
+// TRANSPORT_SHUT_DOWN (CANCELLED), one its caller cancelled with
+// REQUEST_CANCELLED (CANCELLED), all with "request_sent" too. The canonical
+// codes are listed in curl_transport.h.
 #ifndef DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
 #define DEFENDER_ADAPTERS_HTTP_HTTP_TRANSPORT_H_
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "adapters/common/cancellation.h"
 
 namespace defender::http {
 
@@ -51,6 +54,21 @@ struct HttpRequest {
   // UPSTREAM_TIMEOUT (DEADLINE_EXCEEDED) at this time. InfiniteFuture means the
   // transport's own default timeout applies.
   absl::Time deadline = absl::InfiniteFuture();
+  // When set and raised (Cancellation::Cancel), a request still queued or in
+  // flight is abandoned promptly: `done` gets CANCELLED, reason
+  // REQUEST_CANCELLED, with "request_sent" as for any other error ("true" if
+  // it may have gone out: cancelling cannot call back what the server got).
+  // Raising it after `done` ran changes nothing.
+  std::shared_ptr<Cancellation> cancellation;
+  // False for a request that must not reach the server twice (a POST that
+  // creates something, e.g. a Defender machine action). The transport then
+  // never repeats it on its own: CurlTransport sends it on a new connection,
+  // since libcurl silently re-sends a request whose reused connection closes
+  // before any byte of an answer. Such a loss surfaces as
+  // UPSTREAM_CONNECTION_LOST with "request_sent" = "true", and only the
+  // caller decides whether to try again. True (the default) lets the
+  // transport repeat the request in that case.
+  bool idempotent = true;
 };
 
 // HttpResponse is a complete answer.
