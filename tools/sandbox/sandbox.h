@@ -235,8 +235,9 @@ class Sandbox {
 
   // Stop stops the server, as the destructor does: in-flight fault delays are
   // cut short, then it waits for the worker threads (and for idle keep-alive
-  // connections, up to keep_alive_timeout). Idempotent; afterwards only the
-  // accessors above may be called (they report what was recorded).
+  // connections, up to keep_alive_timeout). Idempotent. Afterwards nothing is
+  // served, but the other methods still work: Requests, ActionIds and the
+  // like report what happened before the stop.
   void Stop();
 
  private:
