@@ -11,6 +11,7 @@
 #include <iterator>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -25,6 +26,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "adapters/common/cancellation.h"
 #include "adapters/common/error.h"
 
 namespace defender::http {
@@ -37,6 +39,7 @@ constexpr char kConnectionLost[] = "UPSTREAM_CONNECTION_LOST";
 constexpr char kTooLarge[] = "UPSTREAM_RESPONSE_TOO_LARGE";
 constexpr char kInvalidRequest[] = "INVALID_HTTP_REQUEST";
 constexpr char kShutDown[] = "TRANSPORT_SHUT_DOWN";
+constexpr char kCancelled[] = "REQUEST_CANCELLED";
 constexpr char kInternal[] = "HTTP_TRANSPORT_INTERNAL";
 
 // How long the loop sleeps at most when nothing happens. libcurl shortens the
@@ -78,6 +81,44 @@ bool HasLineBreak(absl::string_view s) {
   return s.find_first_of(absl::string_view("\r\n\0", 3)) != absl::string_view::npos;
 }
 
+absl::Status CancelledError(bool request_sent) {
+  return TransportError(absl::StatusCode::kCancelled,
+                        "the request was cancelled before it completed", kCancelled,
+                        request_sent);
+}
+
+// Wakeup lets a Cancellation callback, which may run on any thread at any
+// time (even after the transport is gone), wake the loop. Shared by the loop
+// and the callbacks it registered.
+class Wakeup {
+ public:
+  explicit Wakeup(CURLM* multi) : multi_(multi) {}
+
+  // CancelRequested notes that some request's cancellation was raised and
+  // wakes the loop; nothing once Detach ran.
+  void CancelRequested() {
+    absl::MutexLock lock(&mu_);
+    if (multi_ == nullptr) return;
+    cancel_pending_ = true;
+    curl_multi_wakeup(multi_);
+  }
+  // TakeCancelPending reports (and clears) whether CancelRequested ran.
+  bool TakeCancelPending() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(cancel_pending_, false);
+  }
+  // Detach stops wake-ups; called before the multi handle is cleaned up.
+  void Detach() {
+    absl::MutexLock lock(&mu_);
+    multi_ = nullptr;
+  }
+
+ private:
+  absl::Mutex mu_;
+  CURLM* multi_ ABSL_GUARDED_BY(mu_);
+  bool cancel_pending_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 // Transfer is one request from Send to its callback. Owned by the loop.
 struct Transfer {
   HttpRequest request;
@@ -93,6 +134,8 @@ struct Transfer {
   // Set once libcurl has a connection to the server (TLS included) and is
   // about to write the request on it.
   bool connected = false;
+  // The callback registered on request.cancellation (0: none).
+  Cancellation::CallbackId cancel_id = 0;
   char error[CURL_ERROR_SIZE] = {0};
 
   Transfer(HttpRequest r, HttpTransport::Callback d)
@@ -104,8 +147,14 @@ struct Transfer {
   Transfer(const Transfer&) = delete;
   Transfer& operator=(const Transfer&) = delete;
 
+  bool IsCancelled() const {
+    return request.cancellation != nullptr && request.cancellation->IsCancelled();
+  }
+
   // Complete calls `done` once with `result`.
   void Complete(absl::StatusOr<HttpResponse> result) {
+    if (cancel_id != 0) request.cancellation->Forget(cancel_id);
+    cancel_id = 0;
     if (done) std::move(done)(std::move(result));
     done = nullptr;
   }
@@ -166,6 +215,14 @@ int OnPrereq(void* user, char* /*primary_ip*/, char* /*local_ip*/, int /*primary
   return CURL_PREREQFUNC_OK;
 }
 
+// OnProgress aborts a transfer whose cancellation was raised. (The loop
+// also removes such transfers as soon as the Cancellation callback wakes it;
+// this covers the time until then.)
+int OnProgress(void* user, curl_off_t /*dltotal*/, curl_off_t /*dlnow*/, curl_off_t /*ultotal*/,
+               curl_off_t /*ulnow*/) {
+  return static_cast<Transfer*>(user)->IsCancelled() ? 1 : 0;  // 1: CURLE_ABORTED_BY_CALLBACK
+}
+
 // Detail is curl's description of a failure: its error buffer, which names
 // hosts, ports and TLS reasons but never request headers or bodies.
 std::string Detail(CURLcode code, const char* error_buffer) {
@@ -179,6 +236,7 @@ std::string Detail(CURLcode code, const char* error_buffer) {
 absl::Status ErrorFor(const Transfer& t, CURLcode code) {
   const int curl_code = static_cast<int>(code);
   const std::string detail = Detail(code, t.error);
+  if (code == CURLE_ABORTED_BY_CALLBACK && t.IsCancelled()) return CancelledError(t.connected);
   if (t.too_large) {
     return TransportError(absl::StatusCode::kInternal,
                           "the server's answer is larger than this plugin accepts",
@@ -279,6 +337,7 @@ class CurlTransport::Impl {
     Stop();
     // Easy handles are gone (the loop cleans them up before it exits), so
     // the share is no longer in use.
+    if (wakeup_ != nullptr) wakeup_->Detach();
     if (multi_ != nullptr) curl_multi_cleanup(multi_);
     if (share_ != nullptr) curl_share_cleanup(share_);
   }
@@ -307,6 +366,7 @@ class CurlTransport::Impl {
     if (multi_ == nullptr || share_ == nullptr) {
       return absl::InternalError("libcurl: cannot create the multi or share handle");
     }
+    wakeup_ = std::make_shared<Wakeup>(multi_);
     // HTTP/2 multiplexing is on by default (CURLPIPE_MULTIPLEX).
     if (options_.max_connections_per_host > 0) {
       curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS,
@@ -350,6 +410,7 @@ class CurlTransport::Impl {
         return;
       }
       for (auto& t : incoming) Start(std::move(t));
+      if (wakeup_->TakeCancelPending()) CancelRequested();
       int running = 0;
       curl_multi_perform(multi_, &running);
       CollectFinished();
@@ -363,6 +424,10 @@ class CurlTransport::Impl {
   // Start configures an easy handle for `t` and adds it to the multi handle,
   // or completes `t` at once with the reason it cannot start.
   void Start(std::unique_ptr<Transfer> t) {
+    if (t->IsCancelled()) {
+      t->Complete(CancelledError(/*request_sent=*/false));
+      return;
+    }
     if (absl::Status status = CheckRequest(t->request); !status.ok()) {
       t->Complete(std::move(status));
       return;
@@ -408,6 +473,12 @@ class CurlTransport::Impl {
       return;
     }
     Transfer* raw = t.get();
+    if (raw->request.cancellation != nullptr) {
+      // Runs at once if already cancelled; the loop then removes the transfer
+      // at its next turn.
+      raw->cancel_id = raw->request.cancellation->OnCancel(
+          [wakeup = wakeup_] { wakeup->CancelRequested(); });
+    }
     active_.emplace(raw, std::move(t));
   }
 
@@ -473,6 +544,12 @@ class CurlTransport::Impl {
     set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
     set(CURLOPT_PIPEWAIT, 1L);  // prefer multiplexing over a new connection
     set(CURLOPT_TCP_KEEPALIVE, 1L);
+    // libcurl re-sends a request, unasked, when a reused connection closes
+    // before any byte of the answer (Curl_retry_request): a request that must
+    // not reach the server twice goes on a connection of its own. (HTTP/2
+    // only retries streams the server refused unprocessed, but the rule is
+    // kept simple.) The TLS session cache keeps the handshake short.
+    if (!r.idempotent) set(CURLOPT_FRESH_CONNECT, 1L);
     set(CURLOPT_CONNECTTIMEOUT_MS,
         static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))));
     set(CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -483,6 +560,11 @@ class CurlTransport::Impl {
     set(CURLOPT_WRITEDATA, static_cast<void*>(&t));
     set(CURLOPT_PREREQFUNCTION, &OnPrereq);
     set(CURLOPT_PREREQDATA, static_cast<void*>(&t));
+    if (r.cancellation != nullptr) {
+      set(CURLOPT_XFERINFOFUNCTION, &OnProgress);
+      set(CURLOPT_XFERINFODATA, static_cast<void*>(&t));
+      set(CURLOPT_NOPROGRESS, 0L);
+    }
     return code;
   }
 
@@ -514,6 +596,26 @@ class CurlTransport::Impl {
       curl_easy_cleanup(t->easy);
       t->easy = nullptr;
       t->Complete(std::move(result));
+    }
+  }
+
+  // CancelRequested completes with REQUEST_CANCELLED every transfer whose
+  // cancellation was raised, queued in libcurl or in flight.
+  void CancelRequested() {
+    std::vector<std::unique_ptr<Transfer>> cancelled;
+    for (auto it = active_.begin(); it != active_.end();) {
+      if (it->second->IsCancelled()) {
+        curl_multi_remove_handle(multi_, it->second->easy);
+        cancelled.push_back(std::move(it->second));
+        it = active_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto& t : cancelled) {
+      curl_easy_cleanup(t->easy);
+      t->easy = nullptr;
+      t->Complete(CancelledError(t->connected));
     }
   }
 
@@ -552,6 +654,7 @@ class CurlTransport::Impl {
   const CurlTransportOptions options_;
   CURLM* multi_ = nullptr;
   CURLSH* share_ = nullptr;
+  std::shared_ptr<Wakeup> wakeup_;
   std::thread thread_;
 
   absl::Mutex mu_;

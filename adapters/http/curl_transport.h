@@ -9,6 +9,22 @@
 // variables (https_proxy, no_proxy, ...) are honoured by libcurl. Only http and
 // https URLs are accepted; redirects are not followed (a 3xx is an answer).
 //
+// Repeats: when a REUSED HTTP/1.1 connection closes before any byte of the
+// answer (the server dropped an idle connection just as the request went
+// out), libcurl silently sends the request again on another connection (at
+// most 5 times in a row). Such a request may reach the server twice: harmless
+// for an idempotent one (HttpRequest::idempotent, the default). A request with
+// `idempotent = false` always gets a connection of its own
+// (CURLOPT_FRESH_CONNECT), where this cannot happen: it goes out at most once,
+// and a lost connection is UPSTREAM_CONNECTION_LOST with "request_sent" =
+// "true". The shared TLS session cache keeps the extra handshake short.
+// (HTTP/2 only repeats a stream the server refused unprocessed, REFUSED_STREAM,
+// which is safe; the fresh connection is used there too, for simplicity.)
+//
+// Cancellation: HttpRequest::cancellation, once raised, wakes the loop, which
+// removes the transfer (queued for a connection or in flight) and completes it
+// on the loop thread; libcurl's progress callback also polls the flag.
+//
 // Errors (see http_transport.h for the "request_sent" metadata; every error
 // also carries "curl_code", libcurl's numeric CURLcode):
 //   cannot resolve / connect, or a  UNAVAILABLE        UPSTREAM_CONNECT_FAILED
@@ -20,6 +36,7 @@
 //   malformed request (URL, method  INVALID_ARGUMENT   INVALID_HTTP_REQUEST
 //     or header with CR/LF)
 //   destroyed while in flight       CANCELLED          TRANSPORT_SHUT_DOWN
+//   cancelled by the caller         CANCELLED          REQUEST_CANCELLED
 //   libcurl failed internally       INTERNAL           HTTP_TRANSPORT_INTERNAL
 // "request_sent" turns "true" once a connection to the server (TLS included)
 // is ready and the request is about to be written on it.

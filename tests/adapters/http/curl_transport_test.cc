@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -177,6 +178,39 @@ class TlsServer {
   std::thread thread_;
 };
 
+// ServerContext is an OpenSSL server context with the certificate of `certs`.
+SSL_CTX* ServerContext(const sandbox::CertBundle& certs) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  BIO* cert_bio = BIO_new_mem_buf(certs.cert_pem.data(), static_cast<int>(certs.cert_pem.size()));
+  BIO* key_bio = BIO_new_mem_buf(certs.key_pem.data(), static_cast<int>(certs.key_pem.size()));
+  X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
+  if (ctx == nullptr || cert == nullptr || key == nullptr ||
+      SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+    std::abort();
+  }
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  BIO_free(cert_bio);
+  BIO_free(key_bio);
+  return ctx;
+}
+
+// ListenOnLoopback returns a listening socket on 127.0.0.1 and sets `port`.
+int ListenOnLoopback(int& port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(fd, 16) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::abort();
+  }
+  port = ntohs(addr.sin_port);
+  return fd;
+}
+
 // RawTlsServer accepts connections one at a time on 127.0.0.1, completes the
 // TLS handshake and hands the connection to `handler`, then closes the socket
 // without a TLS close_notify (as a crashing server would).
@@ -185,32 +219,8 @@ class RawTlsServer {
   using Handler = std::function<void(SSL*)>;
 
   RawTlsServer(const sandbox::CertBundle& certs, Handler handler)
-      : handler_(std::move(handler)) {
-    ctx_ = SSL_CTX_new(TLS_server_method());
-    BIO* cert_bio = BIO_new_mem_buf(certs.cert_pem.data(), static_cast<int>(certs.cert_pem.size()));
-    BIO* key_bio = BIO_new_mem_buf(certs.key_pem.data(), static_cast<int>(certs.key_pem.size()));
-    X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
-    EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
-    if (cert == nullptr || key == nullptr || SSL_CTX_use_certificate(ctx_, cert) != 1 ||
-        SSL_CTX_use_PrivateKey(ctx_, key) != 1) {
-      std::abort();
-    }
-    X509_free(cert);
-    EVP_PKEY_free(key);
-    BIO_free(cert_bio);
-    BIO_free(key_bio);
-
-    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-        listen(listen_fd_, 16) != 0 ||
-        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      std::abort();
-    }
-    port_ = ntohs(addr.sin_port);
+      : handler_(std::move(handler)), ctx_(ServerContext(certs)) {
+    listen_fd_ = ListenOnLoopback(port_);
     thread_ = std::thread([this] { Serve(); });
   }
   ~RawTlsServer() {
@@ -256,11 +266,141 @@ class RawTlsServer {
   }
 
   Handler handler_;
-  SSL_CTX* ctx_ = nullptr;
+  SSL_CTX* ctx_;
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
+};
+
+// KeepAliveTlsServer serves each connection on its own thread and keeps it
+// open for further requests, like a real HTTP/1.1 server, but decides per
+// request whether to answer or to drop the connection without a word. It
+// records every request it read with the number of its connection (1 for
+// the first accepted).
+class KeepAliveTlsServer {
+ public:
+  // Reply returns the answer to the request whose head is `head`, or "" to
+  // close the connection without answering.
+  using Reply = std::function<std::string(const std::string& head)>;
+  struct Seen {
+    int connection;
+    std::string request_line;
+    bool tls_resumed;  // the connection resumed an earlier TLS session
+  };
+
+  // With `reset`, a dropped connection is reset (RST) instead of closed (FIN).
+  KeepAliveTlsServer(const sandbox::CertBundle& certs, Reply reply, bool reset = false)
+      : reply_(std::move(reply)), reset_(reset), ctx_(ServerContext(certs)) {
+    listen_fd_ = ListenOnLoopback(port_);
+    accept_thread_ = std::thread([this] { Accept(); });
+  }
+  ~KeepAliveTlsServer() {
+    shutdown(listen_fd_, SHUT_RDWR);  // wakes accept()
+    accept_thread_.join();
+    {
+      absl::MutexLock lock(&mu_);
+      for (int fd : open_fds_) shutdown(fd, SHUT_RDWR);  // wakes SSL_read
+    }
+    for (auto& thread : connection_threads_) thread.join();
+    close(listen_fd_);
+    SSL_CTX_free(ctx_);
+  }
+
+  std::string Url(const std::string& path) const {
+    return absl::StrCat("https://127.0.0.1:", port_, path);
+  }
+  std::vector<Seen> seen() {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+  // Count is how many requests had a request line starting with `prefix`.
+  int Count(const std::string& prefix) {
+    int n = 0;
+    for (const Seen& s : seen()) n += absl::StartsWith(s.request_line, prefix) ? 1 : 0;
+    return n;
+  }
+
+ private:
+  void Accept() {
+    for (int number = 1;; ++number) {
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) return;
+      timeval timeout{10, 0};  // never let a silent client wedge the server
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+      {
+        absl::MutexLock lock(&mu_);
+        open_fds_.insert(fd);
+      }
+      connection_threads_.emplace_back([this, fd, number] { Serve(fd, number); });
+    }
+  }
+
+  void Serve(int fd, int number) {
+    SSL* ssl = SSL_new(ctx_);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+      std::string buffer;
+      for (;;) {
+        std::string head;
+        if (!ReadRequest(ssl, buffer, head)) break;
+        {
+          absl::MutexLock lock(&mu_);
+          seen_.push_back(
+              {number, head.substr(0, head.find("\r\n")), SSL_session_reused(ssl) == 1});
+        }
+        const std::string answer = reply_(head);
+        if (answer.empty()) break;
+        SSL_write(ssl, answer.data(), static_cast<int>(answer.size()));
+      }
+    }
+    if (reset_) {
+      linger hard{1, 0};  // close() sends RST
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
+    }
+    SSL_free(ssl);  // no close_notify: the peer sees the connection just end
+    {
+      absl::MutexLock lock(&mu_);
+      open_fds_.erase(fd);
+    }
+    close(fd);
+  }
+
+  // ReadRequest reads one request (head and Content-Length body) from
+  // `buffer` and the connection; false at the end of the connection.
+  static bool ReadRequest(SSL* ssl, std::string& buffer, std::string& head) {
+    char chunk[4096];
+    size_t end;
+    while ((end = buffer.find("\r\n\r\n")) == std::string::npos) {
+      const int n = SSL_read(ssl, chunk, sizeof(chunk));
+      if (n <= 0) return false;
+      buffer.append(chunk, n);
+    }
+    head = buffer.substr(0, end + 4);
+    size_t length = 0;
+    const std::string lower = absl::AsciiStrToLower(head);
+    if (const size_t at = lower.find("\r\ncontent-length:"); at != std::string::npos) {
+      length = std::strtoul(lower.c_str() + at + 17, nullptr, 10);
+    }
+    while (buffer.size() < end + 4 + length) {
+      const int n = SSL_read(ssl, chunk, sizeof(chunk));
+      if (n <= 0) return false;
+      buffer.append(chunk, n);
+    }
+    buffer.erase(0, end + 4 + length);
+    return true;
+  }
+
+  Reply reply_;
+  const bool reset_;
+  SSL_CTX* ctx_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::thread accept_thread_;
+  std::vector<std::thread> connection_threads_;  // accept thread only, then destructor
+  absl::Mutex mu_;
+  std::set<int> open_fds_ ABSL_GUARDED_BY(mu_);
+  std::vector<Seen> seen_ ABSL_GUARDED_BY(mu_);
 };
 
 // FakeProxy is a plain-TCP HTTP proxy on 127.0.0.1 that refuses every
@@ -268,17 +408,7 @@ class RawTlsServer {
 class FakeProxy {
  public:
   FakeProxy() {
-    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-        listen(listen_fd_, 16) != 0 ||
-        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      std::abort();
-    }
-    port_ = ntohs(addr.sin_port);
+    listen_fd_ = ListenOnLoopback(port_);
     thread_ = std::thread([this] { Serve(); });
   }
   ~FakeProxy() {
@@ -794,6 +924,188 @@ TEST_F(CurlTransportTest, MalformedRequestsAreRejectedBeforeSending) {
 }
 
 // ---------------------------------------------------------------------------
+// Cancellation
+
+// WaitFor polls `condition` until it holds or kWait passes.
+bool WaitFor(const std::function<bool()>& condition) {
+  const absl::Time give_up = absl::Now() + kWait;
+  while (!condition()) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return true;
+}
+
+TEST_F(CurlTransportTest, RequestCancelledBeforeSendIsNeverSent) {
+  std::atomic<int> arrived{0};
+  server_.server().Get("/x", [&](const httplib::Request&, httplib::Response&) { ++arrived; });
+  StartAll();
+
+  HttpRequest request = Get(server_.Url("/x"));
+  request.cancellation = std::make_shared<Cancellation>();
+  request.cancellation->Cancel();
+  Outcome outcome;
+  transport_->Send(std::move(request), outcome.Callback());
+  ExpectError(outcome.Wait(), absl::StatusCode::kCancelled, "REQUEST_CANCELLED", "false");
+  EXPECT_EQ(arrived.load(), 0);
+}
+
+TEST_F(CurlTransportTest, CancellingARequestQueuedForAConnectionDropsItUnsent) {
+  std::atomic<int> hung{0};
+  std::atomic<int> arrived{0};
+  absl::Notification release_first;
+  server_.server().Get("/hang", [&](const httplib::Request&, httplib::Response&) {
+    ++hung;
+    release_first.WaitForNotificationWithTimeout(kWait);
+  });
+  server_.server().Get("/x", [&](const httplib::Request&, httplib::Response&) { ++arrived; });
+  CurlTransportOptions options = Options();
+  options.max_connections_per_host = 1;  // the second request waits for the first's connection
+  StartAll(options);
+
+  Outcome first;
+  transport_->Send(Get(server_.Url("/hang")), first.Callback());
+  ASSERT_TRUE(WaitFor([&] { return hung.load() == 1; }));
+  HttpRequest queued = Get(server_.Url("/x"));
+  auto cancellation = std::make_shared<Cancellation>();
+  queued.cancellation = cancellation;
+  Outcome second;
+  transport_->Send(std::move(queued), second.Callback());
+  absl::SleepFor(absl::Milliseconds(100));  // now in libcurl's queue
+  EXPECT_FALSE(second.HasCompleted());
+
+  const absl::Time start = absl::Now();
+  cancellation->Cancel();
+  ExpectError(second.Wait(), absl::StatusCode::kCancelled, "REQUEST_CANCELLED", "false");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_FALSE(first.HasCompleted());
+  release_first.Notify();
+  ASSERT_TRUE(first.Wait().ok());
+  EXPECT_EQ(arrived.load(), 0);
+}
+
+TEST_F(CurlTransportTest, CancellingARequestInFlightEndsItPromptly) {
+  std::atomic<int> hung{0};
+  server_.server().Get("/hang", [&](const httplib::Request&, httplib::Response&) {
+    ++hung;
+    release_.WaitForNotificationWithTimeout(kWait);
+  });
+  server_.server().Get("/x", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("fine", "text/plain");
+  });
+  StartAll();
+
+  // Two requests to a server that never answers; only one is cancelled.
+  auto cancellation = std::make_shared<Cancellation>();
+  HttpRequest cancelled = Get(server_.Url("/hang"));
+  cancelled.cancellation = cancellation;
+  Outcome outcome;
+  transport_->Send(std::move(cancelled), outcome.Callback());
+  HttpRequest other = Get(server_.Url("/hang"));
+  other.cancellation = std::make_shared<Cancellation>();
+  Outcome other_outcome;
+  transport_->Send(std::move(other), other_outcome.Callback());
+  ASSERT_TRUE(WaitFor([&] { return hung.load() == 2; }));
+
+  const absl::Time start = absl::Now();
+  cancellation->Cancel();
+  ExpectError(outcome.Wait(), absl::StatusCode::kCancelled, "REQUEST_CANCELLED", "true");
+  // The Cancellation callback wakes the loop: far sooner than the loop's
+  // 1-second poll or libcurl's progress callback would notice.
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(800));
+  EXPECT_EQ(outcome.calls(), 1);
+  EXPECT_FALSE(other_outcome.HasCompleted());
+
+  // The transport goes on serving.
+  auto response = Fetch(Get(server_.Url("/x")));
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->body, "fine");
+  EXPECT_FALSE(other_outcome.HasCompleted());
+  transport_.reset();  // before the outcomes go out of scope
+  ExpectError(other_outcome.Wait(), absl::StatusCode::kCancelled, "TRANSPORT_SHUT_DOWN", "true");
+}
+
+TEST_F(CurlTransportTest, CancellingAfterCompletionChangesNothing) {
+  server_.server().Get("/x", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("done", "text/plain");
+  });
+  StartAll();
+
+  auto cancellation = std::make_shared<Cancellation>();
+  HttpRequest request = Get(server_.Url("/x"));
+  request.cancellation = cancellation;
+  Outcome outcome;
+  transport_->Send(std::move(request), outcome.Callback());
+  auto response = outcome.Wait();
+  ASSERT_TRUE(response.ok()) << response.status();
+  cancellation->Cancel();
+  // A second request with the same (now raised) cancellation is not sent; the
+  // first one's outcome stands.
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(outcome.calls(), 1);
+  response = outcome.Wait();
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ(response->body, "done");
+  ASSERT_TRUE(Fetch(Get(server_.Url("/x"))).ok());
+}
+
+TEST_F(CurlTransportTest, CancellingAtRandomTimesCompletesEachRequestOnce) {
+  server_.server().Get("/slow", [](const httplib::Request&, httplib::Response& res) {
+    absl::SleepFor(absl::Milliseconds(20));
+    res.set_content("slow", "text/plain");
+  });
+  StartAll();
+
+  constexpr int kCount = 60;
+  std::vector<Outcome> outcomes(kCount);
+  std::vector<std::shared_ptr<Cancellation>> cancellations;
+  for (int i = 0; i < kCount; ++i) {
+    HttpRequest request = Get(server_.Url("/slow"));
+    request.cancellation = std::make_shared<Cancellation>();
+    cancellations.push_back(request.cancellation);
+    transport_->Send(std::move(request), outcomes[i].Callback());
+  }
+  // Cancel every other request from another thread, at staggered times.
+  std::thread canceller([&] {
+    for (int i = 0; i < kCount; i += 2) {
+      absl::SleepFor(absl::Milliseconds(i % 7));
+      cancellations[i]->Cancel();
+    }
+  });
+  canceller.join();
+  for (int i = 0; i < kCount; ++i) {
+    auto response = outcomes[i].Wait();
+    if (i % 2 == 1) {
+      ASSERT_TRUE(response.ok()) << i << ": " << response.status();
+    } else if (!response.ok()) {
+      EXPECT_EQ(ErrorReason(response.status()), "REQUEST_CANCELLED") << response.status();
+    }
+  }
+  transport_.reset();  // nothing may come after the destructor
+  for (int i = 0; i < kCount; ++i) EXPECT_EQ(outcomes[i].calls(), 1) << i;
+}
+
+TEST_F(CurlTransportTest, DestructionForgetsTheCancellationCallbacks) {
+  std::atomic<int> hung{0};
+  server_.server().Get("/hang", [&](const httplib::Request&, httplib::Response&) {
+    ++hung;
+    release_.WaitForNotificationWithTimeout(kWait);
+  });
+  StartAll();
+
+  auto cancellation = std::make_shared<Cancellation>();
+  HttpRequest request = Get(server_.Url("/hang"));
+  request.cancellation = cancellation;
+  Outcome outcome;
+  transport_->Send(std::move(request), outcome.Callback());
+  ASSERT_TRUE(WaitFor([&] { return hung.load() == 1; }));
+  transport_.reset();
+  ExpectError(outcome.Wait(), absl::StatusCode::kCancelled, "TRANSPORT_SHUT_DOWN", "true");
+  cancellation->Cancel();  // the transport is gone: nothing may run
+  EXPECT_EQ(outcome.calls(), 1);
+}
+
+// ---------------------------------------------------------------------------
 // TLS and connection failures
 
 TEST(CurlTransportTlsTest, UntrustedCertificateFailsWithoutSending) {
@@ -882,6 +1194,111 @@ TEST(CurlTransportConnectTest, TruncatedAnswerLosesTheRequest) {
   request.url = server.Url("/x");
   transport->Send(std::move(request), outcome.Callback());
   ExpectError(outcome.Wait(), absl::StatusCode::kUnavailable, "UPSTREAM_CONNECTION_LOST", "true");
+}
+
+// DropFirstPost answers GETs with 200 and keeps the connection open; it drops
+// the connection of the first POST without a word (as a server crashing, or
+// closing an idle connection, just as the request arrived) and answers later
+// POSTs with 201.
+KeepAliveTlsServer::Reply DropFirstPost() {
+  auto posts = std::make_shared<std::atomic<int>>(0);
+  return [posts](const std::string& head) -> std::string {
+    if (absl::StartsWith(head, "GET ")) return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    if (posts->fetch_add(1) == 0) return "";
+    return "HTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated";
+  };
+}
+
+// WarmUpAndPost sends a GET (leaving an idle connection in the pool), then
+// a POST with `idempotent`, and returns the POST's outcome.
+absl::StatusOr<HttpResponse> WarmUpAndPost(CurlTransport& transport,
+                                           const KeepAliveTlsServer& server, bool idempotent) {
+  Outcome warm;
+  HttpRequest get;
+  get.url = server.Url("/warm");
+  transport.Send(std::move(get), warm.Callback());
+  auto warmed = warm.Wait();
+  EXPECT_TRUE(warmed.ok()) << warmed.status();
+  Outcome outcome;
+  HttpRequest post;
+  post.method = "POST";
+  post.url = server.Url("/api/machines/1/StopAndQuarantineFile");
+  post.body = R"({"Comment":"quarantine"})";
+  post.idempotent = idempotent;
+  transport.Send(std::move(post), outcome.Callback());
+  return outcome.Wait();
+}
+
+TEST(CurlTransportConnectTest, NonIdempotentRequestIsSentAtMostOnce) {
+  for (bool reset : {false, true}) {
+    SCOPED_TRACE(reset ? "connection reset" : "connection closed");
+    KeepAliveTlsServer server(Certs(), DropFirstPost(), reset);
+    TempFile ca(Certs().ca_pem);
+    auto transport = MakeTransport({.ca_file = ca.path()});
+    ASSERT_NE(transport, nullptr);
+
+    auto response = WarmUpAndPost(*transport, server, /*idempotent=*/false);
+    ExpectError(response, absl::StatusCode::kUnavailable, "UPSTREAM_CONNECTION_LOST", "true");
+    transport.reset();
+    // One POST, on a connection of its own (not the warm one libcurl would
+    // otherwise have reused).
+    const auto seen = server.seen();
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_TRUE(absl::StartsWith(seen[0].request_line, "GET /warm ")) << seen[0].request_line;
+    EXPECT_TRUE(absl::StartsWith(seen[1].request_line, "POST ")) << seen[1].request_line;
+    EXPECT_NE(seen[1].connection, seen[0].connection);
+  }
+}
+
+// What the rule above prevents: libcurl repeats a request whose REUSED
+// connection dies before any answer byte, so an idempotent request may reach
+// the server twice, here creating a second resource.
+TEST(CurlTransportConnectTest, IdempotentRequestOnADeadReusedConnectionIsRepeatedByLibcurl) {
+  for (bool reset : {false, true}) {
+    SCOPED_TRACE(reset ? "connection reset" : "connection closed");
+    KeepAliveTlsServer server(Certs(), DropFirstPost(), reset);
+    TempFile ca(Certs().ca_pem);
+    auto transport = MakeTransport({.ca_file = ca.path()});
+    ASSERT_NE(transport, nullptr);
+
+    auto response = WarmUpAndPost(*transport, server, /*idempotent=*/true);
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 201);
+    transport.reset();
+    const auto seen = server.seen();
+    ASSERT_EQ(seen.size(), 3u);
+    EXPECT_EQ(server.Count("POST "), 2);
+    EXPECT_EQ(seen[1].connection, seen[0].connection);  // the reused connection
+    EXPECT_NE(seen[2].connection, seen[0].connection);  // libcurl's silent repeat
+  }
+}
+
+TEST(CurlTransportConnectTest, NonIdempotentRequestsOpenNewConnectionsResumingTls) {
+  KeepAliveTlsServer server(Certs(), [](const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    Outcome outcome;
+    HttpRequest post;
+    post.method = "POST";
+    post.url = server.Url("/x");
+    post.body = "{}";
+    post.idempotent = false;
+    transport->Send(std::move(post), outcome.Callback());
+    auto response = outcome.Wait();
+    ASSERT_TRUE(response.ok()) << response.status();
+  }
+  transport.reset();
+  const auto seen = server.seen();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_NE(seen[0].connection, seen[1].connection);
+  EXPECT_NE(seen[1].connection, seen[2].connection);
+  EXPECT_FALSE(seen[0].tls_resumed);
+  EXPECT_TRUE(seen[1].tls_resumed);
+  EXPECT_TRUE(seen[2].tls_resumed);
 }
 
 TEST(CurlTransportConnectTest, RequestHeadIsSentAsGiven) {
