@@ -19,6 +19,7 @@ namespace {
 // Window is one sliding window: at most `limit` slots in any `size` of time.
 struct Window {
   const char* name;  // "minute" or "hour", as ErrorInfo metadata says it
+  const char* per;   // "a minute" or "an hour", for messages
   absl::Duration size;
   int limit;
 };
@@ -41,9 +42,8 @@ absl::Status RateLimitedError(const std::string& key, const Window& window, absl
                               const RateLimits& limits) {
   absl::Status status = MakeError(
       absl::StatusCode::kResourceExhausted,
-      absl::StrCat("Defender request budget for ", key, " used up: ", window.limit,
-                   " requests a ", window.name, "; the next slot frees in ",
-                   absl::FormatDuration(delay),
+      absl::StrCat("Defender request budget for ", key, " used up: ", window.limit, " requests ",
+                   window.per, "; the next slot frees in ", absl::FormatDuration(delay),
                    ", after the call's deadline. Defender documents 100 calls a minute and "
                    "1,500 an hour per app, tenant and API; this plugin allows ",
                    limits.per_minute, " a minute and ", limits.per_hour,
@@ -79,8 +79,10 @@ struct SlidingWindowLimiter::Core {
 
   Core(RateLimits limits, Scheduler& scheduler, Clock& clock)
       : limits(limits), scheduler(scheduler), clock(clock) {
-    if (limits.per_minute > 0) windows.push_back({"minute", absl::Minutes(1), limits.per_minute});
-    if (limits.per_hour > 0) windows.push_back({"hour", absl::Hours(1), limits.per_hour});
+    if (limits.per_minute > 0) {
+      windows.push_back({"minute", "a minute", absl::Minutes(1), limits.per_minute});
+    }
+    if (limits.per_hour > 0) windows.push_back({"hour", "an hour", absl::Hours(1), limits.per_hour});
     for (const Window& window : windows) longest = std::max(longest, window.size);
   }
 
@@ -233,10 +235,9 @@ void SlidingWindowLimiter::Acquire(const std::string& key, absl::Time deadline,
         ++state.waiting;
         // Scheduler locks are taken after ours, never the other way round: its
         // tasks run outside its lock.
-        waiter.timer = core.scheduler.RunAt(
-            slot, [weak = std::weak_ptr<Core>(core_), waiter_id] {
-              if (std::shared_ptr<Core> core = weak.lock()) core->Finish(waiter_id, false);
-            });
+        waiter.timer = core.scheduler.RunAt(slot, [weak = std::weak_ptr<Core>(core_), waiter_id] {
+          if (std::shared_ptr<Core> core = weak.lock()) core->Finish(waiter_id, false);
+        });
       }
     }
   }

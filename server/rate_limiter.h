@@ -58,7 +58,7 @@ struct RateLimits {
 // the scheduler's thread.
 //
 // Memory: per key, 16 bytes per slot of the last hour (or minute) and every
-// reserved slot; per waiting caller, about 450 bytes (its entry, its timer,
+// reserved slot; per waiting caller, about 500 bytes (its entry, its timer,
 // its cancellation callback) plus what `done` captures. Idle keys are pruned.
 //
 // `scheduler` and `clock` must outlive the limiter. Destroying the limiter

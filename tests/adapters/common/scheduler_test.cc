@@ -127,7 +127,7 @@ TEST_F(ManualSchedulerTest, TasksMayScheduleAndCancelReentrantly) {
   scheduler_.RunAt(start_, [&] {
     ran.push_back(1);
     EXPECT_TRUE(scheduler_.Cancel(doomed));
-    scheduler_.RunAt(start_, [&] { ran.push_back(2); });                    // due now: this RunDue
+    scheduler_.RunAt(start_, [&] { ran.push_back(2); });                     // due now: this RunDue
     scheduler_.RunAt(start_ + absl::Seconds(5), [&] { ran.push_back(3); });  // later
   });
   EXPECT_EQ(scheduler_.RunDue(), 2);
