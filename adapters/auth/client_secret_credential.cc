@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,6 +15,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/optional.h"
 #include "adapters/common/error.h"
 #include "adapters/common/retry.h"
 #include "adapters/region/region.h"
@@ -25,6 +28,30 @@ namespace {
 using nlohmann::json;
 
 constexpr char kBadTokenResponse[] = "BAD_TOKEN_RESPONSE";
+
+// Retries (with a scheduler): at most this many after the first attempt...
+constexpr int kMaxRetries = 4;
+// ...each starting at least this long before the caller's deadline.
+constexpr absl::Duration kMinAttemptTime = absl::Milliseconds(100);
+
+BackoffPolicy TokenBackoff() {
+  return {.initial = absl::Milliseconds(200), .multiplier = 2.0, .max = absl::Seconds(5)};
+}
+
+// RetryableStatus: HTTP statuses of the token endpoint worth another try
+// (Azure Identity's list, defender-api.md section 6).
+bool RetryableStatus(int status) {
+  return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 ||
+         status == 504;
+}
+
+// RetryableTransportError: transport faults after which a token request,
+// which changes nothing on the server, may simply be sent again.
+bool RetryableTransportError(const absl::Status& status) {
+  const std::string reason = ErrorReason(status);
+  return reason == "UPSTREAM_CONNECT_FAILED" || reason == "UPSTREAM_CONNECTION_LOST" ||
+         reason == "UPSTREAM_TIMEOUT";
+}
 
 absl::Status ConfigError(const std::string& setting, absl::string_view problem) {
   return MakeError(absl::StatusCode::kInvalidArgument, absl::StrCat(setting, " ", problem),
@@ -256,7 +283,8 @@ absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& respons
 }
 
 absl::StatusOr<std::unique_ptr<ClientSecretCredential>> ClientSecretCredential::Create(
-    ClientSecretCredentialOptions options, http::HttpTransport& transport, Clock& clock) {
+    ClientSecretCredentialOptions options, http::HttpTransport& transport, Clock& clock,
+    Scheduler* scheduler) {
   if (absl::StripAsciiWhitespace(options.authority_host).empty()) {
     options.authority_host = ClientSecretCredentialOptions().authority_host;
   }
@@ -279,16 +307,142 @@ absl::StatusOr<std::unique_ptr<ClientSecretCredential>> ClientSecretCredential::
   if (options.client_secret.empty()) return ConfigError("AZURE_CLIENT_SECRET", "is empty");
 
   return std::unique_ptr<ClientSecretCredential>(
-      new ClientSecretCredential(std::move(options), transport, clock));
+      new ClientSecretCredential(std::move(options), transport, clock, scheduler));
 }
 
+struct ClientSecretCredential::Shared {
+  Shared(http::HttpTransport& transport, Clock& clock, Scheduler* scheduler, std::string secret)
+      : transport(transport), clock(clock), scheduler(scheduler), secret(std::move(secret)) {}
+
+  // Used only while `alive` (the credential exists, so they do too).
+  http::HttpTransport& transport;
+  Clock& clock;
+  Scheduler* const scheduler;  // nullptr: no retries
+  const std::string secret;    // to redact it from errors
+
+  absl::Mutex mu;
+  bool alive ABSL_GUARDED_BY(mu) = true;
+  // Retries handing their request to the transport on the scheduler's thread.
+  int sending ABSL_GUARDED_BY(mu) = 0;
+  // Requests waiting on the scheduler for their next attempt, by task id.
+  std::map<Scheduler::TaskId, std::shared_ptr<Fetch>> waiting ABSL_GUARDED_BY(mu);
+};
+
+// Fetch is one GetToken call: its attempts, one at a time, until `done`.
+// Kept alive by whatever will run next (the transport's callback or the
+// scheduler's task), not by the credential.
+class ClientSecretCredential::Fetch : public std::enable_shared_from_this<Fetch> {
+ public:
+  Fetch(std::shared_ptr<Shared> shared, http::HttpRequest request, Callback done)
+      : shared_(std::move(shared)), request_(std::move(request)), done_(std::move(done)) {}
+
+  // Send makes one attempt. Only while the credential exists.
+  void Send() {
+    ++attempts_;
+    // expires_in counts from when Entra issued the token: dating it from the
+    // request's start errs on the safe side.
+    const absl::Time sent = shared_->clock.Now();
+    shared_->transport.Send(request_, [self = shared_from_this(), sent](
+                                          absl::StatusOr<http::HttpResponse> response) {
+      self->OnAnswer(sent, std::move(response));
+    });
+  }
+
+  // Finish calls `done` with `result`; errors are redacted and, when retries
+  // are on, count the attempts.
+  void Finish(absl::StatusOr<AccessToken> result) {
+    if (!result.ok()) {
+      absl::Status error = Redacted(result.status(), shared_->secret);
+      if (shared_->scheduler != nullptr) {
+        AddErrorMetadata(error, "attempts", absl::StrCat(attempts_));
+      }
+      result = std::move(error);
+    }
+    std::move(done_)(std::move(result));
+  }
+
+  // FinishWithLastError ends a fetch whose retry will not happen.
+  void FinishWithLastError() { Finish(last_error_); }
+
+ private:
+  void OnAnswer(absl::Time sent, absl::StatusOr<http::HttpResponse> response) {
+    absl::StatusOr<AccessToken> token =
+        response.ok() ? ParseTokenResponse(*response, sent) : Prefixed(response.status());
+    if (token.ok() || shared_->scheduler == nullptr) return Finish(std::move(token));
+    const bool retryable = response.ok() ? RetryableStatus(response->status)
+                                         : RetryableTransportError(response.status());
+    if (!retryable || attempts_ > kMaxRetries) return Finish(std::move(token));
+    last_error_ = token.status();
+    {
+      absl::MutexLock lock(&shared_->mu);
+      if (shared_->alive) {
+        const absl::Time now = shared_->clock.Now();
+        absl::optional<absl::Duration> wait;
+        if (response.ok()) wait = ParseRetryAfter(response->Header("Retry-After"), now);
+        const absl::Time when =
+            now + (wait.has_value() ? *wait : BackoffDelay(attempts_, TokenBackoff()));
+        if (when + kMinAttemptTime <= request_.deadline) {
+          // The task cannot run before this lock is released.
+          task_id_ = shared_->scheduler->RunAt(when, [self = shared_from_this()] { self->Retry(); });
+          shared_->waiting.emplace(task_id_, shared_from_this());
+          return;
+        }
+      }
+    }
+    FinishWithLastError();
+  }
+
+  // Retry runs on the scheduler's thread: the next attempt, unless the
+  // credential has gone meanwhile.
+  void Retry() {
+    bool alive;
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->waiting.erase(task_id_);
+      alive = shared_->alive;
+      if (alive) ++shared_->sending;
+    }
+    if (!alive) return FinishWithLastError();
+    Send();
+    absl::MutexLock lock(&shared_->mu);
+    --shared_->sending;
+  }
+
+  const std::shared_ptr<Shared> shared_;
+  const http::HttpRequest request_;  // sent as is by every attempt
+  Callback done_;
+  // Attempts run one after another (each starts after the previous answer),
+  // so these need no lock of their own; task_id_ is written and read under
+  // shared_->mu.
+  int attempts_ = 0;
+  absl::Status last_error_;
+  Scheduler::TaskId task_id_ = 0;
+};
+
 ClientSecretCredential::ClientSecretCredential(ClientSecretCredentialOptions options,
-                                               http::HttpTransport& transport, Clock& clock)
+                                               http::HttpTransport& transport, Clock& clock,
+                                               Scheduler* scheduler)
     : options_(std::move(options)),
       token_url_(
           absl::StrCat(options_.authority_host, "/", options_.tenant_id, "/oauth2/v2.0/token")),
-      transport_(transport),
-      clock_(clock) {}
+      shared_(std::make_shared<Shared>(transport, clock, scheduler, options_.client_secret)) {}
+
+ClientSecretCredential::~ClientSecretCredential() {
+  std::map<Scheduler::TaskId, std::shared_ptr<Fetch>> waiting;
+  {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->alive = false;
+    waiting.swap(shared_->waiting);
+    // A retry inside transport.Send still needs the transport.
+    shared_->mu.Await(absl::Condition(
+        +[](int* sending) { return *sending == 0; }, &shared_->sending));
+  }
+  // A task that could not be cancelled is running: it sees `alive` false and
+  // finishes its fetch itself.
+  for (auto& [id, fetch] : waiting) {
+    if (shared_->scheduler->Cancel(id)) fetch->FinishWithLastError();
+  }
+}
 
 void ClientSecretCredential::GetToken(const TokenRequestContext& context, Callback done) {
   if (context.scopes.empty()) {
@@ -306,19 +460,9 @@ void ClientSecretCredential::GetToken(const TokenRequestContext& context, Callba
                                    {"client_secret", options_.client_secret},
                                    {"scope", absl::StrJoin(context.scopes, " ")}});
   request.deadline = context.deadline;
-
-  // expires_in counts from when Entra issued the token: dating it from the
-  // request's start errs on the safe side. The callback owns what it needs
-  // (not `this`), so a transport answering late never touches a dead object.
-  const absl::Time sent = clock_.Now();
-  transport_.Send(
-      std::move(request), [sent, secret = options_.client_secret, done = std::move(done)](
-                              absl::StatusOr<http::HttpResponse> response) mutable {
-        absl::StatusOr<AccessToken> token =
-            response.ok() ? ParseTokenResponse(*response, sent) : Prefixed(response.status());
-        if (!token.ok()) token = Redacted(token.status(), secret);
-        std::move(done)(std::move(token));
-      });
+  // The fetch owns what it needs (not `this`), so a transport answering late
+  // never touches a dead object.
+  std::make_shared<Fetch>(shared_, std::move(request), std::move(done))->Send();
 }
 
 }  // namespace defender::auth

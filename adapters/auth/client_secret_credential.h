@@ -5,7 +5,12 @@
 //   grant_type=client_credentials&client_id=...&client_secret=...&scope=...
 //
 // Wrap it in a CachingTokenCredential (token_cache.h): on its own it asks the
-// token endpoint every time.
+// token endpoint every time. Given a Scheduler, it retries what may succeed on
+// a second try (5xx, 408, 429, a lost or refused connection, a timeout) within
+// the caller's deadline; the cache then shares that one retrying request.
+//
+//   TimerThread timers;
+//   auto credential = ClientSecretCredential::Create(options, transport, Clock::Real(), &timers);
 #ifndef DEFENDER_ADAPTERS_AUTH_CLIENT_SECRET_CREDENTIAL_H_
 #define DEFENDER_ADAPTERS_AUTH_CLIENT_SECRET_CREDENTIAL_H_
 
@@ -15,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "adapters/auth/token_credential.h"
 #include "adapters/common/clock.h"
+#include "adapters/common/scheduler.h"
 #include "adapters/http/http_transport.h"
 
 namespace defender::auth {
@@ -37,16 +43,36 @@ class ClientSecretCredential final : public TokenCredential {
   // the setting by its environment variable (AZURE_AUTHORITY_HOST,
   // AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET), never its value.
   // Blanks around the tenant and client ids and trailing '/' of the authority
-  // are dropped; the secret is used as given. `transport` and `clock` must
-  // outlive the credential.
+  // are dropped; the secret is used as given. `transport`, `clock` and
+  // `scheduler` (when given) must outlive the credential. Without a
+  // scheduler, GetToken never retries.
   static absl::StatusOr<std::unique_ptr<ClientSecretCredential>> Create(
       ClientSecretCredentialOptions options, http::HttpTransport& transport,
-      Clock& clock = Clock::Real());
+      Clock& clock = Clock::Real(), Scheduler* scheduler = nullptr);
+
+  // Ends the retries waiting on the scheduler: their callers get the last
+  // error at once, from the destructor. A retry being handed to the transport
+  // on another thread is waited for. An answer to a request already sent is
+  // still delivered to its `done`, without further retries. Must not run
+  // inside one of this credential's callbacks.
+  ~ClientSecretCredential() override;
 
   // GetToken POSTs the form to TokenUrl() with `context.deadline`, scopes
-  // joined by ' ', and calls `done` from the transport's callback. The token's
-  // expires_in is counted from when the request was sent. An answer arriving
-  // after the credential is destroyed is still delivered to `done`.
+  // joined by ' ', and calls `done` once, from the transport's callback (or
+  // the scheduler's thread, or the destructor; see above). The token's
+  // expires_in is counted from when the successful request was sent.
+  //
+  // With a scheduler, an attempt that failed with HTTP 500, 502, 503, 504,
+  // 408 or 429, or with the transport's UPSTREAM_CONNECT_FAILED,
+  // UPSTREAM_CONNECTION_LOST or UPSTREAM_TIMEOUT (a token request is safe to
+  // repeat), is retried after the answer's Retry-After when it has one, else
+  // after BackoffDelay (200 ms doubling to 5 s, jittered); at most 4 retries,
+  // and only while the retry would start at least 100 ms before
+  // `context.deadline` (a Retry-After beyond that ends the retries). Every
+  // attempt carries `context.deadline`. Rejected credentials (400, 401) and
+  // every other error are returned at once. With a scheduler, the error
+  // returned is the last attempt's, with ErrorInfo metadata "attempts" (the
+  // number of requests sent, e.g. "5").
   void GetToken(const TokenRequestContext& context, Callback done) override;
   std::string Name() const override { return "ClientSecretCredential"; }
 
@@ -54,13 +80,17 @@ class ClientSecretCredential final : public TokenCredential {
   const std::string& TokenUrl() const { return token_url_; }
 
  private:
+  // Shared is what the credential's requests in flight need, shared with
+  // them so that an answer arriving after the credential is gone is safe.
+  struct Shared;
+  class Fetch;
+
   ClientSecretCredential(ClientSecretCredentialOptions options, http::HttpTransport& transport,
-                         Clock& clock);
+                         Clock& clock, Scheduler* scheduler);
 
   ClientSecretCredentialOptions options_;
   std::string token_url_;
-  http::HttpTransport& transport_;
-  Clock& clock_;
+  std::shared_ptr<Shared> shared_;
 };
 
 // ParseTokenResponse reads a token endpoint's answer (success or error) into an

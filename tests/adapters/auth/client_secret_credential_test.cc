@@ -1,5 +1,6 @@
 #include "adapters/auth/client_secret_credential.h"
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -10,9 +11,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "adapters/auth/token_cache.h"
 #include "adapters/common/clock.h"
 #include "adapters/common/error.h"
+#include "adapters/common/scheduler.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/adapters/fake_transport.h"
@@ -474,6 +478,384 @@ TEST_F(ClientSecretCredentialTest, CreateAcceptsGuidAndDomainTenants) {
     ClientSecretCredentialOptions options = Options();
     options.tenant_id = tenant;
     EXPECT_TRUE(ClientSecretCredential::Create(options, transport_, clock_).ok()) << tenant;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Retries (with a scheduler)
+
+constexpr char kGoodAnswer[] = R"({"access_token":"abc","expires_in":3599})";
+
+// Metadata returns the ErrorInfo metadata `key` of `status`, or "<none>".
+std::string Metadata(const absl::Status& status, const std::string& key) {
+  auto info = GetErrorInfo(status);
+  if (!info) return "<no ErrorInfo>";
+  auto it = info->metadata().find(key);
+  return it == info->metadata().end() ? "<none>" : it->second;
+}
+
+absl::Status TransportError(absl::StatusCode code, const std::string& reason) {
+  return MakeError(code, absl::StrCat("transport says ", reason), reason,
+                   {{"request_sent", "true"}});
+}
+
+class ClientSecretCredentialRetryTest : public ClientSecretCredentialTest {
+ protected:
+  std::unique_ptr<ClientSecretCredential> MakeRetrying() {
+    auto credential = ClientSecretCredential::Create(Options(), transport_, clock_, &scheduler_);
+    EXPECT_TRUE(credential.ok()) << credential.status();
+    return credential.ok() ? *std::move(credential) : nullptr;
+  }
+
+  // RunRetries runs the scheduled retries one by one, moving the clock to
+  // each, until none is left; returns the pause before each.
+  std::vector<absl::Duration> RunRetries() {
+    std::vector<absl::Duration> pauses;
+    while (scheduler_.Pending() > 0 && pauses.size() < 100) {
+      const absl::Duration pause = scheduler_.NextTime() - clock_.Now();
+      pauses.push_back(pause);
+      clock_.Advance(pause);
+      scheduler_.RunDue();
+    }
+    return pauses;
+  }
+
+  // GetRetrying asks a retrying credential for a token and runs the retries.
+  absl::StatusOr<AccessToken> GetRetrying(TokenRequestContext context,
+                                          std::vector<absl::Duration>* pauses = nullptr) {
+    auto credential = MakeRetrying();
+    std::optional<absl::StatusOr<AccessToken>> result;
+    credential->GetToken(context, [&result](absl::StatusOr<AccessToken> token) {
+      EXPECT_FALSE(result.has_value()) << "callback called twice";
+      result = std::move(token);
+    });
+    std::vector<absl::Duration> ran = RunRetries();
+    if (pauses != nullptr) *pauses = ran;
+    EXPECT_TRUE(result.has_value()) << "callback not called";
+    return result.value_or(absl::InternalError("no callback"));
+  }
+
+  // Context with a deadline `in` from now.
+  TokenRequestContext ContextWithin(absl::Duration in) {
+    TokenRequestContext context = ScopeContext();
+    context.deadline = clock_.Now() + in;
+    return context;
+  }
+
+  ManualScheduler scheduler_{clock_};
+};
+
+TEST_F(ClientSecretCredentialRetryTest, ServerErrorsAreRetriedUntilATokenComes) {
+  transport_.Enqueue(503, "busy");
+  transport_.Enqueue(503, "busy");
+  transport_.Enqueue(200, kGoodAnswer);
+  TokenRequestContext context = ContextWithin(absl::Seconds(30));
+  std::vector<absl::Duration> pauses;
+  auto token = GetRetrying(context, &pauses);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(token->token, "abc");
+  // Dated from the attempt that got it.
+  EXPECT_EQ(token->expires_on, clock_.Now() + absl::Seconds(3599));
+
+  const auto requests = transport_.requests();
+  ASSERT_EQ(requests.size(), 3u);
+  for (const auto& request : requests) {
+    EXPECT_EQ(request.deadline, context.deadline);
+    EXPECT_EQ(request.body, requests[0].body);
+    EXPECT_EQ(request.url, requests[0].url);
+  }
+  // Jittered exponential backoff: [100, 200] ms, then [200, 400] ms.
+  ASSERT_EQ(pauses.size(), 2u);
+  EXPECT_GE(pauses[0], absl::Milliseconds(100));
+  EXPECT_LE(pauses[0], absl::Milliseconds(200));
+  EXPECT_GE(pauses[1], absl::Milliseconds(200));
+  EXPECT_LE(pauses[1], absl::Milliseconds(400));
+}
+
+TEST_F(ClientSecretCredentialRetryTest, RetryAfterIsHonoured) {
+  transport_.Enqueue(429, "", {{"Retry-After", "2"}});
+  transport_.Enqueue(503, "", {{"retry-after", "1"}});
+  transport_.Enqueue(200, kGoodAnswer);
+  std::vector<absl::Duration> pauses;
+  auto token = GetRetrying(ContextWithin(absl::Seconds(30)), &pauses);
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(transport_.requests().size(), 3u);
+  EXPECT_EQ(pauses, (std::vector<absl::Duration>{absl::Seconds(2), absl::Seconds(1)}));
+}
+
+TEST_F(ClientSecretCredentialRetryTest, EveryTransientStatusIsRetried) {
+  for (int status : {408, 429, 500, 502, 503, 504}) {
+    const size_t before = transport_.requests().size();
+    transport_.Enqueue(status, "");
+    transport_.Enqueue(200, kGoodAnswer);
+    auto token = GetRetrying(ContextWithin(absl::Seconds(30)));
+    EXPECT_TRUE(token.ok()) << status << ": " << token.status();
+    EXPECT_EQ(transport_.requests().size() - before, 2u) << status;
+  }
+}
+
+TEST_F(ClientSecretCredentialRetryTest, TransportFaultsAreRetried) {
+  transport_.EnqueueError(
+      TransportError(absl::StatusCode::kUnavailable, "UPSTREAM_CONNECT_FAILED"));
+  transport_.EnqueueError(
+      TransportError(absl::StatusCode::kUnavailable, "UPSTREAM_CONNECTION_LOST"));
+  transport_.EnqueueError(
+      TransportError(absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT"));
+  transport_.Enqueue(200, kGoodAnswer);
+  auto token = GetRetrying(ContextWithin(absl::Seconds(30)));
+  ASSERT_TRUE(token.ok()) << token.status();
+  EXPECT_EQ(transport_.requests().size(), 4u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, RejectedCredentialsAreNeverRetried) {
+  for (int status : {400, 401}) {
+    const size_t before = transport_.requests().size();
+    transport_.Enqueue(status, R"({"error":"invalid_client","error_codes":[7000215]})");
+    transport_.Enqueue(200, kGoodAnswer);  // would be the retry's answer
+    auto credential = MakeRetrying();
+    auto token = Get(*credential, ContextWithin(absl::Seconds(30)));  // answered at once
+    ASSERT_FALSE(token.ok()) << status;
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+    EXPECT_EQ(ErrorReason(token.status()), "TOKEN_REQUEST_REJECTED");
+    EXPECT_EQ(Metadata(token.status(), "attempts"), "1");
+    EXPECT_EQ(scheduler_.Pending(), 0u);
+    EXPECT_EQ(transport_.requests().size() - before, 1u);
+    EXPECT_TRUE(Get(*credential).ok());  // drains the queued 200
+  }
+}
+
+TEST_F(ClientSecretCredentialRetryTest, OtherFailuresAreNotRetried) {
+  std::vector<absl::StatusOr<http::HttpResponse>> answers;
+  auto answer = [&](int status, std::string body) {
+    http::HttpResponse response;
+    response.status = status;
+    response.body = std::move(body);
+    answers.push_back(response);
+  };
+  answer(404, "");
+  answer(200, "not json");
+  for (const char* reason : {"UPSTREAM_TLS_FAILED", "UPSTREAM_RESPONSE_TOO_LARGE",
+                             "INVALID_HTTP_REQUEST", "TRANSPORT_SHUT_DOWN", "REQUEST_CANCELLED"}) {
+    answers.push_back(TransportError(absl::StatusCode::kUnavailable, reason));
+  }
+  answers.push_back(absl::UnavailableError("no ErrorInfo at all"));
+  auto credential = MakeRetrying();
+  for (auto& a : answers) {
+    const size_t before = transport_.requests().size();
+    if (a.ok()) {
+      transport_.Enqueue(a->status, a->body);
+    } else {
+      transport_.EnqueueError(a.status());
+    }
+    auto token = Get(*credential, ContextWithin(absl::Seconds(30)));
+    ASSERT_FALSE(token.ok());
+    EXPECT_EQ(scheduler_.Pending(), 0u) << token.status();
+    EXPECT_EQ(transport_.requests().size() - before, 1u) << token.status();
+  }
+}
+
+TEST_F(ClientSecretCredentialRetryTest, GivesUpAfterFourRetries) {
+  for (int i = 0; i < 6; ++i) transport_.Enqueue(503, "busy");
+  std::vector<absl::Duration> pauses;
+  auto token = GetRetrying(ScopeContext(), &pauses);  // no deadline
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "5");
+  EXPECT_EQ(Metadata(token.status(), "http_status"), "503");
+  EXPECT_EQ(transport_.requests().size(), 5u);
+  EXPECT_EQ(pauses.size(), 4u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, NoRetryWhenTheDeadlineIsTooClose) {
+  // Even the shortest pause (100 ms) plus 100 ms for the attempt passes it.
+  transport_.Enqueue(503, "busy");
+  transport_.Enqueue(200, kGoodAnswer);
+  auto credential = MakeRetrying();
+  auto token = Get(*credential, ContextWithin(absl::Milliseconds(150)));  // answered at once
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "1");
+  EXPECT_EQ(scheduler_.Pending(), 0u);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, RetryAfterBeyondTheDeadlineEndsTheRetries) {
+  transport_.Enqueue(429, "", {{"Retry-After", "30"}});
+  auto credential = MakeRetrying();
+  auto token = Get(*credential, ContextWithin(absl::Seconds(10)));
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryDelay(token.status()), absl::Seconds(30));
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "1");
+  EXPECT_EQ(scheduler_.Pending(), 0u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, RetriesStopWhenTheDeadlineComesNear) {
+  // Retry-After: 1 each time; a retry needs to start 100 ms before the
+  // deadline: at 1 s and 2 s yes (2.1 <= 2.1), at 3 s no.
+  for (int i = 0; i < 5; ++i) transport_.Enqueue(429, "", {{"Retry-After", "1"}});
+  std::vector<absl::Duration> pauses;
+  auto token = GetRetrying(ContextWithin(absl::Milliseconds(2100)), &pauses);
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_ENDPOINT_THROTTLED");
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "3");
+  EXPECT_EQ(pauses, (std::vector<absl::Duration>{absl::Seconds(1), absl::Seconds(1)}));
+
+  // One millisecond less and the second retry is out.
+  const size_t before = transport_.requests().size();
+  for (int i = 0; i < 5; ++i) transport_.Enqueue(429, "", {{"Retry-After", "1"}});
+  token = GetRetrying(ContextWithin(absl::Milliseconds(2099)), &pauses);
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "2");
+  EXPECT_EQ(transport_.requests().size() - before, 2u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, WithoutASchedulerNothingIsRetried) {
+  transport_.Enqueue(503, "busy");
+  transport_.Enqueue(200, kGoodAnswer);
+  auto credential = Make(Options());
+  auto token = Get(*credential, ContextWithin(absl::Seconds(30)));
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "<none>");
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, DestroyingTheCredentialEndsItsScheduledRetries) {
+  transport_.Enqueue(503, "busy");
+  auto credential = MakeRetrying();
+  std::optional<absl::StatusOr<AccessToken>> result;
+  credential->GetToken(ContextWithin(absl::Seconds(30)),
+                       [&](absl::StatusOr<AccessToken> token) { result = std::move(token); });
+  EXPECT_FALSE(result.has_value());
+  EXPECT_EQ(scheduler_.Pending(), 1u);
+  credential.reset();
+  ASSERT_TRUE(result.has_value());
+  ASSERT_FALSE(result->ok());
+  EXPECT_EQ(ErrorReason(result->status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  EXPECT_EQ(Metadata(result->status(), "attempts"), "1");
+  EXPECT_EQ(scheduler_.Pending(), 0u);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, AnAnswerAfterDestructionIsNotRetried) {
+  class LateTransport final : public http::HttpTransport {
+   public:
+    void Send(http::HttpRequest request, Callback done) override { held = std::move(done); }
+    Callback held;
+  } late;
+  auto credential = ClientSecretCredential::Create(Options(), late, clock_, &scheduler_);
+  ASSERT_TRUE(credential.ok());
+  std::optional<absl::StatusOr<AccessToken>> result;
+  (*credential)->GetToken(ContextWithin(absl::Seconds(30)),
+                          [&](absl::StatusOr<AccessToken> t) { result = std::move(t); });
+  credential->reset();
+  http::HttpResponse response;
+  response.status = 503;
+  std::move(late.held)(response);
+  ASSERT_TRUE(result.has_value());
+  EXPECT_EQ(ErrorReason(result->status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  EXPECT_EQ(Metadata(result->status(), "attempts"), "1");
+  EXPECT_EQ(scheduler_.Pending(), 0u);
+}
+
+TEST_F(ClientSecretCredentialRetryTest, SecretAndTokenNeverAppearInRetriedErrors) {
+  const std::string echo = absl::StrCat(kSecret, " ", kToken);
+  for (int i = 0; i < 5; ++i) {
+    if (i % 2 == 0) {
+      transport_.Enqueue(503, echo);
+    } else {
+      transport_.EnqueueError(
+          MakeError(absl::StatusCode::kUnavailable, absl::StrCat("lost: ", kSecret),
+                    "UPSTREAM_CONNECTION_LOST", {{"request_sent", "true"}, {"echo", kSecret}}));
+    }
+  }
+  auto token = GetRetrying(ContextWithin(absl::Seconds(60)));
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(Metadata(token.status(), "attempts"), "5");
+  ExpectNoSecrets(token.status());
+}
+
+TEST_F(ClientSecretCredentialRetryTest, TheCacheSharesOneRetryingRequest) {
+  transport_.Enqueue(503, "busy");
+  transport_.Enqueue(200, kGoodAnswer);
+  CachingTokenCredential cache(MakeRetrying(), clock_);
+  std::vector<absl::StatusOr<AccessToken>> results;
+  for (int i = 0; i < 3; ++i) {
+    cache.GetToken(ContextWithin(absl::Seconds(30)),
+                   [&](absl::StatusOr<AccessToken> token) { results.push_back(std::move(token)); });
+  }
+  EXPECT_TRUE(results.empty());
+  RunRetries();
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& token : results) {
+    ASSERT_TRUE(token.ok()) << token.status();
+    EXPECT_EQ(token->token, "abc");
+  }
+  EXPECT_EQ(cache.TokenRequests(), 1);
+  EXPECT_EQ(transport_.requests().size(), 2u);
+}
+
+TEST(ClientSecretCredentialTimerTest, RetriesOnARealTimerThread) {
+  FakeTransport transport;
+  transport.Enqueue(502, "");
+  transport.Enqueue(200, kGoodAnswer);
+  TimerThread timers;
+  ClientSecretCredentialOptions options;
+  options.tenant_id = kTenant;
+  options.client_id = kClientId;
+  options.client_secret = kSecret;
+  auto credential = ClientSecretCredential::Create(options, transport, Clock::Real(), &timers);
+  ASSERT_TRUE(credential.ok()) << credential.status();
+  absl::Notification done;
+  absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
+  TokenRequestContext context = ScopeContext();
+  context.deadline = absl::Now() + absl::Seconds(10);
+  (*credential)->GetToken(context, [&](absl::StatusOr<AccessToken> token) {
+    result = std::move(token);
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(transport.requests().size(), 2u);
+}
+
+TEST(ClientSecretCredentialTimerTest, DestructionRacingRetriesCallsEachCallerOnce) {
+  // A token endpoint that is always busy, answering inside Send.
+  class BusyTransport final : public http::HttpTransport {
+   public:
+    void Send(http::HttpRequest, Callback done) override {
+      ++sent;
+      http::HttpResponse response;
+      response.status = 503;
+      response.headers = {{"Retry-After", "0"}};  // retry at once: many races
+      std::move(done)(response);
+    }
+    std::atomic<int> sent{0};
+  };
+  ClientSecretCredentialOptions options;
+  options.tenant_id = kTenant;
+  options.client_id = kClientId;
+  options.client_secret = kSecret;
+  for (int round = 0; round < 20; ++round) {
+    BusyTransport transport;
+    TimerThread timers;
+    auto credential = ClientSecretCredential::Create(options, transport, Clock::Real(), &timers);
+    ASSERT_TRUE(credential.ok()) << credential.status();
+    constexpr int kCallers = 20;
+    std::atomic<int> calls[kCallers] = {};
+    for (int i = 0; i < kCallers; ++i) {
+      (*credential)->GetToken(ScopeContext(), [&calls, i](absl::StatusOr<AccessToken> token) {
+        EXPECT_FALSE(token.ok());
+        ++calls[i];
+      });
+    }
+    absl::SleepFor(absl::Microseconds(50 * round));
+    credential->reset();
+    // Every caller has its answer once the credential is gone.
+    for (int i = 0; i < kCallers; ++i) EXPECT_EQ(calls[i].load(), 1) << round << "/" << i;
+    EXPECT_LE(transport.sent.load(), kCallers * 5);
   }
 }
 
