@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <utility>
 #include <vector>
@@ -82,7 +83,8 @@ struct SlidingWindowLimiter::Core {
     if (limits.per_minute > 0) {
       windows.push_back({"minute", "a minute", absl::Minutes(1), limits.per_minute});
     }
-    if (limits.per_hour > 0) windows.push_back({"hour", "an hour", absl::Hours(1), limits.per_hour});
+    if (limits.per_hour > 0)
+      windows.push_back({"hour", "an hour", absl::Hours(1), limits.per_hour});
     for (const Window& window : windows) longest = std::max(longest, window.size);
   }
 
@@ -123,6 +125,22 @@ struct SlidingWindowLimiter::Core {
     if (it != state.slots.end() && *it == slot) state.slots.erase(it);
   }
 
+  // Move records that the slot reserved for `from` was used at `to` (later:
+  // its timer fired late), so later decisions see when the request really
+  // went out. In place when the order allows, as it does for the usual
+  // sub-millisecond lateness.
+  static void Move(KeyState& state, absl::Time from, absl::Time to) {
+    auto next = std::upper_bound(state.slots.begin(), state.slots.end(), from);
+    if (next != state.slots.begin() && *std::prev(next) == from) {
+      if (next == state.slots.end() || *next >= to) {
+        *std::prev(next) = to;
+        return;
+      }
+      state.slots.erase(std::prev(next));
+    }
+    Insert(state, to);
+  }
+
   // SweepIdleKeys prunes every key once per longest window, and drops those
   // left empty, so keys no longer used cost nothing.
   void SweepIdleKeys(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -157,6 +175,8 @@ struct SlidingWindowLimiter::Core {
         GiveBack(state, waiter.slot);
         result = CancelledError(waiter.key->first);
         if (state.slots.empty() && state.waiting == 0) keys.erase(waiter.key);
+      } else if (absl::Time now = clock.Now(); now > waiter.slot) {
+        Move(state, waiter.slot, now);
       }
     }
     Waiter& waiter = node.mapped();

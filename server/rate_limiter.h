@@ -49,10 +49,14 @@ struct RateLimits {
 //    RetryInfo with the time until that slot;
 //  - else: reserves that slot and calls `done(OK)` at its time from a
 //    `scheduler` timer, or `done(CANCELLED)` (reason CANCELLED) from the thread
-//    that raises `cancellation`, whichever comes first, exactly once; a
-//    cancelled reservation is given back to later callers. Waiters keep the
-//    slots they reserved: a slot given back is not passed to earlier-queued
-//    waiters.
+//    that raises `cancellation`, whichever comes first, exactly once. A
+//    cancelled reservation is given back: the next caller gets it unless a
+//    later slot was reserved meanwhile; then that gap stays unused (a window
+//    never exceeds its limit, but may fall short of it). Waiters keep the
+//    slots they reserved. A timer that fires late delivers its slot late:
+//    the log then records the later time for the decisions that follow;
+//    reservations made before keep their times, so they may sit up to that
+//    lateness too close to it.
 // A `cancellation` already raised gets CANCELLED at once, and takes no slot.
 // `done` is never called with a lock held, and must not block: it may run on
 // the scheduler's thread.
