@@ -342,10 +342,10 @@ class ClientSecretCredential::Fetch : public std::enable_shared_from_this<Fetch>
     // expires_in counts from when Entra issued the token: dating it from the
     // request's start errs on the safe side.
     const absl::Time sent = shared_->clock.Now();
-    shared_->transport.Send(request_, [self = shared_from_this(), sent](
-                                          absl::StatusOr<http::HttpResponse> response) {
-      self->OnAnswer(sent, std::move(response));
-    });
+    shared_->transport.Send(
+        request_, [self = shared_from_this(), sent](absl::StatusOr<http::HttpResponse> response) {
+          self->OnAnswer(sent, std::move(response));
+        });
   }
 
   // Finish calls `done` with `result`; errors are redacted and, when retries
@@ -383,7 +383,8 @@ class ClientSecretCredential::Fetch : public std::enable_shared_from_this<Fetch>
             now + (wait.has_value() ? *wait : BackoffDelay(attempts_, TokenBackoff()));
         if (when + kMinAttemptTime <= request_.deadline) {
           // The task cannot run before this lock is released.
-          task_id_ = shared_->scheduler->RunAt(when, [self = shared_from_this()] { self->Retry(); });
+          task_id_ =
+              shared_->scheduler->RunAt(when, [self = shared_from_this()] { self->Retry(); });
           shared_->waiting.emplace(task_id_, shared_from_this());
           return;
         }

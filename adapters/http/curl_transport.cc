@@ -83,8 +83,7 @@ bool HasLineBreak(absl::string_view s) {
 
 absl::Status CancelledError(bool request_sent) {
   return TransportError(absl::StatusCode::kCancelled,
-                        "the request was cancelled before it completed", kCancelled,
-                        request_sent);
+                        "the request was cancelled before it completed", kCancelled, request_sent);
 }
 
 // Wakeup lets a Cancellation callback, which may run on any thread at any

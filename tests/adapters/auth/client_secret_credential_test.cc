@@ -599,8 +599,7 @@ TEST_F(ClientSecretCredentialRetryTest, TransportFaultsAreRetried) {
       TransportError(absl::StatusCode::kUnavailable, "UPSTREAM_CONNECT_FAILED"));
   transport_.EnqueueError(
       TransportError(absl::StatusCode::kUnavailable, "UPSTREAM_CONNECTION_LOST"));
-  transport_.EnqueueError(
-      TransportError(absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT"));
+  transport_.EnqueueError(TransportError(absl::StatusCode::kDeadlineExceeded, "UPSTREAM_TIMEOUT"));
   transport_.Enqueue(200, kGoodAnswer);
   auto token = GetRetrying(ContextWithin(absl::Seconds(30)));
   ASSERT_TRUE(token.ok()) << token.status();
@@ -748,8 +747,9 @@ TEST_F(ClientSecretCredentialRetryTest, AnAnswerAfterDestructionIsNotRetried) {
   auto credential = ClientSecretCredential::Create(Options(), late, clock_, &scheduler_);
   ASSERT_TRUE(credential.ok());
   std::optional<absl::StatusOr<AccessToken>> result;
-  (*credential)->GetToken(ContextWithin(absl::Seconds(30)),
-                          [&](absl::StatusOr<AccessToken> t) { result = std::move(t); });
+  (*credential)->GetToken(ContextWithin(absl::Seconds(30)), [&](absl::StatusOr<AccessToken> t) {
+    result = std::move(t);
+  });
   credential->reset();
   http::HttpResponse response;
   response.status = 503;
@@ -766,9 +766,9 @@ TEST_F(ClientSecretCredentialRetryTest, SecretAndTokenNeverAppearInRetriedErrors
     if (i % 2 == 0) {
       transport_.Enqueue(503, echo);
     } else {
-      transport_.EnqueueError(
-          MakeError(absl::StatusCode::kUnavailable, absl::StrCat("lost: ", kSecret),
-                    "UPSTREAM_CONNECTION_LOST", {{"request_sent", "true"}, {"echo", kSecret}}));
+      transport_.EnqueueError(MakeError(absl::StatusCode::kUnavailable,
+                                        absl::StrCat("lost: ", kSecret), "UPSTREAM_CONNECTION_LOST",
+                                        {{"request_sent", "true"}, {"echo", kSecret}}));
     }
   }
   auto token = GetRetrying(ContextWithin(absl::Seconds(60)));

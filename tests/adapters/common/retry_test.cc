@@ -31,9 +31,10 @@ TEST(ParseRetryAfterTest, NegativeOrMalformedSecondsAreUnreadable) {
 
 TEST(ParseRetryAfterTest, AbsentOrGarbageIsUnreadable) {
   const absl::Time now = absl::FromUnixSeconds(1700000000);
-  for (const char* value : {"", "   ", "soon", "Sun, 06 Nov 1994", "Sun, 06 Nov 1994 08:49:37",
-                            "Sun, 06 Nov 1994 08:49:37 GMT trailing", "Sun, 31 Feb 1994 08:49:37 GMT",
-                            "Sun, 06 Nov 1994 25:49:37 GMT", "2015-10-21T07:28:00Z"}) {
+  for (const char* value :
+       {"", "   ", "soon", "Sun, 06 Nov 1994", "Sun, 06 Nov 1994 08:49:37",
+        "Sun, 06 Nov 1994 08:49:37 GMT trailing", "Sun, 31 Feb 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 25:49:37 GMT", "2015-10-21T07:28:00Z"}) {
     EXPECT_EQ(ParseRetryAfter(value, now), absl::nullopt) << value;
   }
 }
@@ -62,8 +63,7 @@ TEST(ParseRetryAfterTest, Rfc850TwoDigitYearIsNeverMoreThanFiftyYearsAhead) {
 TEST(ParseRetryAfterTest, AsctimeDate) {
   EXPECT_EQ(ParseRetryAfter("Sun Nov  6 08:49:37 1994", kRfcExample - absl::Seconds(10)),
             absl::Seconds(10));
-  EXPECT_EQ(ParseRetryAfter("Wed Nov 16 08:49:37 1994", kRfcExample),
-            absl::Hours(24 * 10));
+  EXPECT_EQ(ParseRetryAfter("Wed Nov 16 08:49:37 1994", kRfcExample), absl::Hours(24 * 10));
 }
 
 TEST(ParseRetryAfterTest, PastDateIsZero) {
@@ -74,8 +74,8 @@ TEST(ParseRetryAfterTest, PastDateIsZero) {
 
 TEST(BackoffDelayTest, StaysWithinHalfAndFullOfTheExponentialStep) {
   const BackoffPolicy policy;  // 200 ms, x2, at most 5 s
-  const absl::Duration expected[] = {absl::Milliseconds(200), absl::Milliseconds(400),
-                                     absl::Milliseconds(800), absl::Milliseconds(1600),
+  const absl::Duration expected[] = {absl::Milliseconds(200),  absl::Milliseconds(400),
+                                     absl::Milliseconds(800),  absl::Milliseconds(1600),
                                      absl::Milliseconds(3200), absl::Seconds(5),
                                      absl::Seconds(5)};
   for (int attempt = 1; attempt <= 7; ++attempt) {
@@ -102,8 +102,8 @@ TEST(BackoffDelayTest, IsJittered) {
 }
 
 TEST(BackoffDelayTest, HugeAttemptNumbersStayAtTheCap) {
-  const BackoffPolicy policy{.initial = absl::Milliseconds(100), .multiplier = 3.0,
-                             .max = absl::Seconds(2)};
+  const BackoffPolicy policy{
+      .initial = absl::Milliseconds(100), .multiplier = 3.0, .max = absl::Seconds(2)};
   for (int attempt : {20, 1000, 1 << 30}) {
     const absl::Duration delay = BackoffDelay(attempt, policy);
     EXPECT_GE(delay, absl::Seconds(1)) << attempt;
