@@ -21,6 +21,8 @@ struct RawSettings {
   std::string tenant_id, client_id, client_secret, client_secret_file;
   std::string authority_host, region, api_url, scope, ca_file;
   int default_timeout_seconds = 0;
+  int rate_per_minute = 100;
+  int rate_per_hour = 1500;
   int shutdown_grace_seconds = 10;
 };
 
@@ -46,6 +48,10 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                   "CA bundle trusted for every HTTPS call (DEFENDER_CA_FILE)", "FILE");
   flags.AddInt("default-timeout-seconds", &raw.default_timeout_seconds,
                "bound of a call without a deadline (DEFENDER_DEFAULT_TIMEOUT_SECONDS; 30)");
+  flags.AddInt("rate-per-minute", &raw.rate_per_minute,
+               "Defender requests a minute per tenant and API (DEFENDER_RATE_PER_MINUTE; 0 = off)");
+  flags.AddInt("rate-per-hour", &raw.rate_per_hour,
+               "Defender requests an hour per tenant and API (DEFENDER_RATE_PER_HOUR; 0 = off)");
   flags.AddInt("shutdown-grace-seconds", &raw.shutdown_grace_seconds,
                "time in-flight calls get to finish at SIGTERM/SIGINT");
 }
@@ -124,6 +130,29 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError("DEFENDER_DEFAULT_TIMEOUT_SECONDS (--default-timeout-seconds) must be > 0");
   }
   config.default_timeout = absl::Seconds(timeout_seconds);
+
+  struct Rate {
+    const char* flag;
+    const char* var;
+    int value;
+    int* out;
+  };
+  for (const Rate& rate : {Rate{"rate-per-minute", "DEFENDER_RATE_PER_MINUTE",
+                                raw.rate_per_minute, &config.rate_per_minute},
+                           Rate{"rate-per-hour", "DEFENDER_RATE_PER_HOUR", raw.rate_per_hour,
+                                &config.rate_per_hour}}) {
+    int value = rate.value;
+    if (!flags.WasSet(rate.flag)) {
+      std::string text = Pick("", env, rate.var);
+      if (!text.empty() && !absl::SimpleAtoi(text, &value)) {
+        return ConfigError(absl::StrCat(rate.var, " must be a whole number"));
+      }
+    }
+    if (value < 0) {
+      return ConfigError(absl::StrCat(rate.var, " (--", rate.flag, ") must be >= 0 (0 = off)"));
+    }
+    *rate.out = value;
+  }
 
   config.ca_file = Pick(raw.ca_file, env, "DEFENDER_CA_FILE");
   if (!config.ca_file.empty() && !std::ifstream(config.ca_file).good()) {

@@ -17,6 +17,9 @@
 //   DEFENDER_CA_FILE       --ca-file             CA bundle trusted for all HTTPS calls
 //   DEFENDER_DEFAULT_TIMEOUT_SECONDS --default-timeout-seconds  bound of a call
 //                                                without a gRPC deadline (default 30)
+//   DEFENDER_RATE_PER_MINUTE --rate-per-minute   requests per minute per tenant and
+//                                                API (default 100; 0 = no limit)
+//   DEFENDER_RATE_PER_HOUR   --rate-per-hour     the same per hour (default 1500)
 //   (flag only)            --listen HOST:PORT    default 127.0.0.1:50051
 //   (flag only)            --shutdown-grace-seconds  in-flight calls' time at SIGTERM
 //   (flag only)            --port-file FILE      write the bound port there once serving
@@ -56,6 +59,8 @@ struct PluginConfig {
   std::string port_file;  // "" = none
   std::string ca_file;  // "" = the system's CA bundle
   absl::Duration default_timeout = absl::Seconds(30);
+  int rate_per_minute = 100;  // per tenant and API; 0 = window off
+  int rate_per_hour = 1500;
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::vector<TenantConfig> tenants;  // tenants[0] is the default tenant
 };

@@ -1,4 +1,5 @@
-// plugin.h: the object graph behind the service: one HTTPS transport, and per
+// plugin.h: the object graph behind the service: one timer thread, one rate
+// limiter (a budget per tenant and API), one HTTPS transport, and per
 // configured tenant a cached token credential and a Defender client.
 //
 //   absl::StatusOr<std::unique_ptr<Plugin>> plugin = Plugin::Create(config);
@@ -13,6 +14,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "adapters/auth/token_credential.h"
+#include "adapters/common/rate_limiter.h"
+#include "adapters/common/scheduler.h"
 #include "adapters/defender/defender_client.h"
 #include "adapters/http/http_transport.h"
 #include "server/config.h"
@@ -45,6 +48,8 @@ class Plugin final : public TenantDirectory {
   };
   Plugin() = default;
 
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<RateLimiter> limiter_;
   std::unique_ptr<http::HttpTransport> transport_;
   std::string default_tenant_;
   std::map<std::string, Tenant, std::less<>> tenants_;

@@ -6,6 +6,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "adapters/common/cancellation.h"
 #include "adapters/common/error.h"
 #include "server/log.h"
 #include "server/status_conversion.h"
@@ -14,7 +15,20 @@
 namespace defender {
 namespace {
 
-// Finish ends `reactor` with `status`, logging one line for the call.
+// CallReactor is a unary reactor whose cancellation (the caller went away or
+// its deadline passed) raises a Cancellation that stops the upstream work.
+class CallReactor final : public grpc::ServerUnaryReactor {
+ public:
+  const std::shared_ptr<Cancellation>& cancellation() const { return cancellation_; }
+  void OnCancel() override { cancellation_->Cancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  std::shared_ptr<Cancellation> cancellation_ = std::make_shared<Cancellation>();
+};
+
+// Finish ends `reactor` with `status`, logging one line for the call. The
+// reactor may be gone once this returns.
 void FinishCall(grpc::ServerUnaryReactor* reactor, absl::string_view method,
                 const std::string& details, absl::Time started, const absl::Status& status) {
   std::string line = absl::StrCat("rpc=", method, " ", details,
@@ -59,7 +73,7 @@ absl::Time ResponseServiceImpl::Deadline(const grpc::CallbackServerContext& cont
 grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
     grpc::CallbackServerContext* context, const v1::QuarantineFileRequest* request,
     v1::QuarantineFileResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new CallReactor();
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   if (absl::Status valid = ValidateQuarantineFileRequest(*request); !valid.ok()) {
@@ -77,7 +91,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
   params.comment = request->comment();
   absl::StrAppend(&details, " machine=", params.machine_id, " sha1=", params.sha1);
   (*client)->StopAndQuarantineFile(
-      params, Deadline(*context),
+      params, api::CallContext(Deadline(*context), reactor->cancellation()),
       [reactor, response, details, started](absl::StatusOr<api::MachineAction> action) {
         if (action.ok()) {
           ToProto(*action, response->mutable_action());
@@ -93,7 +107,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
 grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
     grpc::CallbackServerContext* context, const v1::GetMachineActionRequest* request,
     v1::MachineAction* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new CallReactor();
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   if (absl::Status valid = ValidateGetMachineActionRequest(*request); !valid.ok()) {
@@ -107,7 +121,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
   }
   absl::StrAppend(&details, " action=", request->id());
   (*client)->GetMachineAction(
-      request->id(), Deadline(*context),
+      request->id(), api::CallContext(Deadline(*context), reactor->cancellation()),
       [reactor, response, details, started](absl::StatusOr<api::MachineAction> action) {
         if (action.ok()) ToProto(*action, response);
         FinishCall(reactor, "GetMachineAction", details, started, action.status());

@@ -30,11 +30,13 @@
 #ifndef DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
 #define DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
 
+#include <memory>
 #include <string>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "adapters/common/cancellation.h"
 #include "adapters/defender/machine_action.h"
 
 namespace defender::api {
@@ -47,6 +49,17 @@ struct StopAndQuarantineFileParams {
   std::string comment;
 };
 
+// CallContext bounds one call: everything it does (rate-slot waits, token
+// requests, HTTP attempts, backoff) ends by `deadline`, and stops early with
+// CANCELLED when `cancellation` is raised. Converts from a bare deadline.
+struct CallContext {
+  CallContext(absl::Time deadline = absl::InfiniteFuture(),  // NOLINT: implicit on purpose
+              std::shared_ptr<Cancellation> cancellation = nullptr)
+      : deadline(deadline), cancellation(std::move(cancellation)) {}
+  absl::Time deadline;
+  std::shared_ptr<Cancellation> cancellation;  // may be null
+};
+
 // DefenderClient calls one tenant's Defender API. Thread-safe.
 class DefenderClient {
  public:
@@ -56,10 +69,10 @@ class DefenderClient {
 
   // StopAndQuarantineFile: POST /api/machines/{id}/StopAndQuarantineFile.
   virtual void StopAndQuarantineFile(const StopAndQuarantineFileParams& params,
-                                     absl::Time deadline, ActionCallback done) = 0;
+                                     const CallContext& context, ActionCallback done) = 0;
 
   // GetMachineAction: GET /api/machineactions/{id}.
-  virtual void GetMachineAction(const std::string& action_id, absl::Time deadline,
+  virtual void GetMachineAction(const std::string& action_id, const CallContext& context,
                                 ActionCallback done) = 0;
 };
 

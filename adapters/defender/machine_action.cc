@@ -113,12 +113,11 @@ std::optional<absl::Time> ParseDefenderTime(absl::string_view text) {
   return time;
 }
 
-absl::StatusOr<MachineAction> ParseMachineAction(absl::string_view text) {
-  // No exceptions: a parse error gives a discarded value.
-  const json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return BadResponse("not JSON");
-  if (!body.is_object()) return BadResponse("not a JSON object");
+namespace {
 
+// FromJson reads one MachineAction object.
+absl::StatusOr<MachineAction> FromJson(const json& body) {
+  if (!body.is_object()) return BadResponse("not a JSON object");
   MachineAction action;
   action.id = StringField(body, "id");
   if (action.id.empty()) return BadResponse("no \"id\"");
@@ -145,6 +144,33 @@ absl::StatusOr<MachineAction> ParseMachineAction(absl::string_view text) {
     action.file_identifier_type = StringField(*file, "fileIdentifierType");
   }
   return action;
+}
+
+}  // namespace
+
+std::string FormatDefenderTime(absl::Time time) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone());
+}
+
+absl::StatusOr<MachineAction> ParseMachineAction(absl::string_view text) {
+  // No exceptions: a parse error gives a discarded value.
+  const json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return BadResponse("not JSON");
+  return FromJson(body);
+}
+
+absl::StatusOr<std::vector<MachineAction>> ParseMachineActionList(absl::string_view text) {
+  const json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return BadResponse("not JSON");
+  if (!body.is_object()) return BadResponse("not a JSON object");
+  auto value = body.find("value");
+  if (value == body.end() || !value->is_array()) return BadResponse("no \"value\" array");
+  std::vector<MachineAction> actions;
+  for (const json& item : *value) {
+    absl::StatusOr<MachineAction> action = FromJson(item);
+    if (action.ok()) actions.push_back(*std::move(action));  // skip foreign entries
+  }
+  return actions;
 }
 
 }  // namespace defender::api

@@ -13,6 +13,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -53,6 +54,15 @@ struct MachineAction {
 // JSON, not an object, or has no non-empty string "id" is INTERNAL with reason
 // BAD_UPSTREAM_RESPONSE; the error never quotes the body. Never throws.
 absl::StatusOr<MachineAction> ParseMachineAction(absl::string_view json);
+
+// ParseMachineActionList reads a list answer {"@odata.context": ..., "value":
+// [MachineAction, ...]}; entries that are not readable actions are skipped. A
+// body without a "value" array is INTERNAL with reason BAD_UPSTREAM_RESPONSE.
+absl::StatusOr<std::vector<MachineAction>> ParseMachineActionList(absl::string_view json);
+
+// FormatDefenderTime writes `time` as Defender's filters expect it:
+// "2018-12-04T12:15:04.382Z" (UTC, milliseconds).
+std::string FormatDefenderTime(absl::Time time);
 
 // ParseDefenderTime reads an ISO 8601 time "YYYY-MM-DDTHH:MM:SS[.f](Z|±HH:MM)"
 // with 0 to 9 fractional digits, all kept ("2018-12-04T12:15:04.3825985Z" is

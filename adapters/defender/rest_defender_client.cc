@@ -1,5 +1,7 @@
 #include "adapters/defender/rest_defender_client.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -15,8 +17,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "adapters/common/error.h"
+#include "adapters/common/retry.h"
 #include "nlohmann/json.hpp"
 
 namespace defender::api {
@@ -84,34 +88,6 @@ std::string Truncate(std::string text, size_t max) {
   return text;
 }
 
-// ParseRetryAfter reads Retry-After as delay seconds or an HTTP-date
-// (RFC 1123), relative to `now`. nullopt when absent or unreadable.
-std::optional<absl::Duration> ParseRetryAfter(absl::string_view value, absl::Time now) {
-  value = absl::StripAsciiWhitespace(value);
-  if (value.empty()) return std::nullopt;
-  bool all_digits = true;
-  for (char c : value) all_digits = all_digits && absl::ascii_isdigit(static_cast<unsigned char>(c));
-  if (all_digits) {
-    uint64_t seconds = 0;
-    if (!absl::SimpleAtoi(value, &seconds)) return kMaxRetryAfter;  // overflow: huge
-    if (seconds > static_cast<uint64_t>(absl::ToInt64Seconds(kMaxRetryAfter))) {
-      return kMaxRetryAfter;
-    }
-    return absl::Seconds(static_cast<int64_t>(seconds));
-  }
-  absl::Time date;
-  std::string error;
-  if (!absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", value, absl::UTCTimeZone(), &date,
-                       &error) ||
-      date == absl::InfiniteFuture() || date == absl::InfinitePast()) {
-    return std::nullopt;
-  }
-  absl::Duration delay = date - now;
-  if (delay < absl::ZeroDuration()) return absl::ZeroDuration();
-  if (delay > kMaxRetryAfter) return kMaxRetryAfter;
-  return delay;
-}
-
 // WithMessage returns `status` with `message`, keeping its code and payloads.
 absl::Status WithMessage(const absl::Status& status, absl::string_view message) {
   absl::Status result(status.code(), message);
@@ -147,119 +123,404 @@ constexpr char kPermissionHint[] =
 
 }  // namespace
 
-// Call is one API call in flight: what to send, and where the answer goes.
-// Each step runs after the previous one finished (possibly on another
-// thread), so it needs no lock.
-struct RestDefenderClient::Call {
-  std::string operation;  // for messages, e.g. "StopAndQuarantineFile"
+// Request is one kind of HTTP exchange a call makes.
+struct Request {
+  enum class Purpose { kMain, kLookup };
+  Purpose purpose = Purpose::kMain;
+  std::string operation;  // names the rate budget and messages
   std::string method;
   std::string url;
   std::string body;  // JSON; empty for GET
-  absl::Time deadline;
-  ActionCallback done;
-  int attempts = 0;  // HTTP requests sent so far
+  bool idempotent = true;
+};
 
-  // Finish hands `result` to the caller; called exactly once.
-  void Finish(absl::StatusOr<MachineAction> result) { std::move(done)(std::move(result)); }
+// Call is one API call in flight. Its steps run one after another (each
+// started by the previous one's callback), so only the fields touched by the
+// cancellation callback need the lock.
+struct RestDefenderClient::Call {
+  RestDefenderClient* client = nullptr;
+  Request main;
+  CallContext context;
+  ActionCallback done;
+
+  // For StopAndQuarantineFile: what finds the action in a lookup.
+  bool creates_action = false;
+  std::string machine_id, sha1, comment;
+
+  std::atomic<bool> finished{false};
+  int attempts = 0;             // HTTP requests sent, of any kind
+  int main_attempts = 0;        // of them, the call's own request (not lookups)
+  int retries = 0;              // backoff retries so far
+  bool token_refreshed = false;  // the one new token after a 401 was used
+  bool maybe_created = false;   // a POST may have reached Defender, not found since
+  bool post_uncertain = false;  // some POST of this call may have reached Defender
+  bool already_running = false;  // Defender said ActiveRequestAlreadyExists
+  absl::Time first_sent = absl::InfiniteFuture();
+  absl::Status last_error;
+
+  absl::Mutex mu;
+  Scheduler::TaskId timer ABSL_GUARDED_BY(mu) = 0;
+  Cancellation::CallbackId cancel_callback = 0;
+};
+
+// Runner drives calls: one static function per step.
+class RestDefenderClient::Runner {
+ public:
+  using CallPtr = std::shared_ptr<Call>;
+
+  static void Begin(CallPtr call) {
+    if (call->context.cancellation) {
+      std::weak_ptr<Call> weak = call;
+      call->cancel_callback = call->context.cancellation->OnCancel([weak] {
+        if (CallPtr locked = weak.lock()) OnCancelled(locked);
+      });
+    }
+    Request main = call->main;
+    Attempt(std::move(call), std::move(main), /*rejected_token=*/"");
+  }
+
+ private:
+  static RestDefenderClient& Client(const CallPtr& call) { return *call->client; }
+  static absl::Time Now(const CallPtr& call) { return Client(call).clock_.Now(); }
+  static bool Cancelled(const CallPtr& call) {
+    return call->context.cancellation && call->context.cancellation->IsCancelled();
+  }
+
+  // Finish hands `result` to the caller, once.
+  static void Finish(const CallPtr& call, absl::StatusOr<MachineAction> result) {
+    if (call->finished.exchange(true)) return;
+    if (call->context.cancellation) call->context.cancellation->Forget(call->cancel_callback);
+    std::move(call->done)(std::move(result));
+  }
+
+  // Fail finishes with `error`, adding what the call did.
+  static void Fail(const CallPtr& call, absl::Status error) {
+    if (call->attempts > 0) AddErrorMetadata(error, "attempts", absl::StrCat(call->attempts));
+    if (call->maybe_created) {
+      AddErrorMetadata(error, "outcome", "unknown");
+      error = WithMessage(error, absl::StrCat(error.message(),
+                                              "; the action may have been created: look for it "
+                                              "before trying again"));
+    }
+    Finish(call, std::move(error));
+  }
+
+  static absl::Status CancelledError(const CallPtr& call) {
+    absl::Status error = MakeError(absl::StatusCode::kCancelled,
+                                   absl::StrCat(call->main.operation, " cancelled by the caller"),
+                                   "CANCELLED");
+    return error;
+  }
+
+  static void OnCancelled(const CallPtr& call) {
+    Scheduler::TaskId timer = 0;
+    {
+      absl::MutexLock lock(&call->mu);
+      std::swap(timer, call->timer);
+    }
+    // A pending backoff is dropped here; a step in flight (rate slot, HTTP)
+    // is stopped by the limiter or transport, which see the same flag.
+    if (timer != 0 && Client(call).options_.scheduler->Cancel(timer)) {
+      Fail(call, CancelledError(call));
+    }
+  }
+
+  // Attempt sends `request` once a rate slot and a token are there.
+  static void Attempt(CallPtr call, Request request, std::string rejected_token) {
+    if (call->finished) return;
+    if (Cancelled(call)) return Fail(call, CancelledError(call));
+    RestDefenderClient& client = Client(call);
+    if (request.purpose == Request::Purpose::kMain &&
+        call->main_attempts >= client.options_.max_attempts) {
+      return Fail(call, call->last_error);
+    }
+    auto after_slot = [call, request, rejected_token = std::move(rejected_token)](
+                          absl::Status slot) mutable {
+      if (!slot.ok()) return Fail(call, std::move(slot));
+      GetTokenAndSend(std::move(call), std::move(request), std::move(rejected_token));
+    };
+    if (client.options_.limiter == nullptr) return after_slot(absl::OkStatus());
+    client.options_.limiter->Acquire(absl::StrCat(client.options_.tenant, "/", request.operation),
+                                     call->context.deadline, call->context.cancellation,
+                                     std::move(after_slot));
+  }
+
+  static void GetTokenAndSend(CallPtr call, Request request, std::string rejected_token) {
+    RestDefenderClient& client = Client(call);
+    auth::TokenRequestContext context;
+    context.scopes = {client.options_.scope};
+    context.deadline = call->context.deadline;
+    context.rejected_token = std::move(rejected_token);
+    client.credential_.GetToken(
+        context, [call, request = std::move(request)](
+                     absl::StatusOr<auth::AccessToken> token) mutable {
+          // A token fault passes through as the credential reports it, unless
+          // an earlier POST's outcome is what the caller must hear about.
+          if (!token.ok()) {
+            return call->maybe_created ? Fail(call, call->last_error)
+                                       : Finish(call, token.status());
+          }
+          if (Cancelled(call)) return Fail(call, CancelledError(call));
+          Send(std::move(call), std::move(request), std::move(token->token));
+        });
+  }
+
+  static void Send(CallPtr call, Request request, std::string token) {
+    RestDefenderClient& client = Client(call);
+    const absl::Time now = Now(call);
+    http::HttpRequest http;
+    http.method = request.method;
+    http.url = request.url;
+    http.headers.emplace_back("Authorization", absl::StrCat("Bearer ", token));
+    http.headers.emplace_back("Accept", "application/json");
+    if (!request.body.empty()) {
+      http.headers.emplace_back("Content-Type", "application/json");
+      http.body = request.body;
+    }
+    // One attempt gets at most attempt_timeout; a POST whose outcome may stay
+    // unknown leaves a third of the time (up to 5 s) to look for its action.
+    absl::Time deadline = std::min(call->context.deadline, now + client.options_.attempt_timeout);
+    if (!request.idempotent) {
+      const absl::Duration left = call->context.deadline - now;
+      deadline = std::min(deadline, now + left - std::min(left / 3, absl::Seconds(5)));
+    }
+    http.deadline = deadline;
+    http.idempotent = request.idempotent;
+    http.cancellation = call->context.cancellation;
+    ++call->attempts;
+    if (request.purpose == Request::Purpose::kMain) ++call->main_attempts;
+    if (!request.idempotent && call->first_sent == absl::InfiniteFuture()) call->first_sent = now;
+    client.transport_.Send(std::move(http), [call, request = std::move(request),
+                                             token = std::move(token)](
+                                                absl::StatusOr<http::HttpResponse> answer) mutable {
+      OnAnswer(std::move(call), std::move(request), std::move(token), std::move(answer));
+    });
+  }
+
+  static bool IsTransientTransportError(const absl::Status& status) {
+    const std::string reason = ErrorReason(status);
+    return reason == "UPSTREAM_CONNECT_FAILED" || reason == "UPSTREAM_CONNECTION_LOST" ||
+           reason == "UPSTREAM_TIMEOUT";
+  }
+
+  static bool RequestMayHaveBeenSent(const absl::Status& status) {
+    auto info = GetErrorInfo(status);
+    if (!info) return true;
+    auto it = info->metadata().find("request_sent");
+    return it == info->metadata().end() || it->second != "false";
+  }
+
+  static void OnAnswer(CallPtr call, Request request, std::string token,
+                       absl::StatusOr<http::HttpResponse> answer) {
+    if (call->finished) return;
+    if (Cancelled(call)) return Fail(call, CancelledError(call));
+    // A lookup's own faults are retried like any read, but what the caller
+    // finally hears about is the fault that made the outcome unknown.
+    const bool lookup = request.purpose == Request::Purpose::kLookup;
+    if (!answer.ok()) {
+      absl::Status error = Redact(
+          WithMessage(answer.status(), absl::StrCat("Defender ", request.operation, " request: ",
+                                                    answer.status().message())),
+          token);
+      if (!IsTransientTransportError(error)) {
+        return Fail(call, lookup ? call->last_error : std::move(error));
+      }
+      if (!request.idempotent && RequestMayHaveBeenSent(error)) {
+        call->maybe_created = call->post_uncertain = true;
+        call->last_error = std::move(error);
+        return LookUp(std::move(call));
+      }
+      return RetryLater(std::move(call), std::move(request),
+                        lookup ? call->last_error : std::move(error));
+    }
+    const int status = answer->status;
+    if (status >= 200 && status < 300) {
+      if (lookup) return OnLookupAnswer(std::move(call), *answer);
+      absl::StatusOr<MachineAction> action = ParseMachineAction(answer->body);
+      if (!action.ok()) {
+        absl::Status error = action.status();
+        AddErrorMetadata(error, "http_status", absl::StrCat(status));
+        if (!request.idempotent) {
+          // Created, but unreadable: the lookup can still find it.
+          call->maybe_created = call->post_uncertain = true;
+          call->last_error = std::move(error);
+          return LookUp(std::move(call));
+        }
+        return Fail(call, std::move(error));
+      }
+      return Finish(call, std::move(action));
+    }
+    if (status == 401 && !call->token_refreshed) {
+      // The token was refused (revoked, expired early): a new one, once.
+      call->token_refreshed = true;
+      return Attempt(std::move(call), std::move(request), std::move(token));
+    }
+    absl::Status error = Redact(MapDefenderError(*answer, Now(call)), token);
+    if (status == 429) {
+      // Throttled: come back when Defender says, if the deadline allows.
+      const absl::Duration wait = GetRetryDelay(error).value_or(kDefaultRetryAfter);
+      if (!lookup) call->last_error = error;
+      if (!ScheduleAttempt(call, Now(call) + wait, request)) {
+        Fail(call, lookup ? call->last_error : std::move(error));
+      }
+      return;
+    }
+    if (status >= 500 && status < 600) {
+      if (!request.idempotent) {
+        // A gateway error can hide an action that was created.
+        call->maybe_created = call->post_uncertain = true;
+        call->last_error = std::move(error);
+        return LookUp(std::move(call));
+      }
+      return RetryLater(std::move(call), std::move(request),
+                        lookup ? call->last_error : std::move(error));
+    }
+    if (lookup) return Fail(call, call->last_error);
+    if (status == 400 && call->creates_action &&
+        ErrorReason(error) == "ACTION_ALREADY_RUNNING") {
+      // The same action is pending on the device: find it. After a fault it
+      // is most likely this call's own action, which is then the answer.
+      call->already_running = true;
+      call->last_error = std::move(error);
+      return LookUp(std::move(call));
+    }
+    Fail(call, std::move(error));
+  }
+
+  // RetryLater retries `request` after a backoff, or fails with `error` when
+  // no scheduler, no attempts or no time is left.
+  static void RetryLater(CallPtr call, Request request, absl::Status error) {
+    RestDefenderClient& client = Client(call);
+    call->last_error = std::move(error);
+    ++call->retries;
+    absl::Duration pause = BackoffDelay(call->retries, client.options_.backoff);
+    if (auto hinted = GetRetryDelay(call->last_error)) pause = std::max(pause, *hinted);
+    if ((request.purpose == Request::Purpose::kMain &&
+         call->main_attempts >= client.options_.max_attempts) ||
+        !ScheduleAttempt(call, Now(call) + pause, std::move(request))) {
+      Fail(call, call->last_error);
+    }
+  }
+
+  // ScheduleAttempt arranges Attempt(request) at `when`; false when that
+  // leaves no time for the attempt before the deadline (or nothing can wait).
+  static bool ScheduleAttempt(const CallPtr& call, absl::Time when, Request request) {
+    RestDefenderClient& client = Client(call);
+    if (client.options_.scheduler == nullptr) return false;
+    if (when + kMinAttemptTime > call->context.deadline) return false;
+    {
+      absl::MutexLock lock(&call->mu);
+      call->timer = client.options_.scheduler->RunAt(
+          when, [call, request = std::move(request)]() mutable {
+            {
+              absl::MutexLock lock(&call->mu);
+              call->timer = 0;
+            }
+            Attempt(std::move(call), std::move(request), /*rejected_token=*/"");
+          });
+    }
+    // A cancellation that came just before the timer was set stops it now.
+    if (Cancelled(call)) OnCancelled(call);
+    return true;
+  }
+
+  // LookUp asks Defender for the StopAndQuarantineFile actions on the machine
+  // created since shortly before this call's first POST.
+  static void LookUp(CallPtr call) {
+    RestDefenderClient& client = Client(call);
+    Request lookup;
+    lookup.purpose = Request::Purpose::kLookup;
+    lookup.operation = "ListMachineActions";
+    lookup.method = "GET";
+    absl::Time since = call->first_sent == absl::InfiniteFuture() ? Now(call) : call->first_sent;
+    std::string filter = absl::StrCat("machineId eq '", call->machine_id,
+                                      "' and type eq 'StopAndQuarantineFile'");
+    if (!call->already_running) {
+      absl::StrAppend(&filter, " and creationDateTimeUtc ge ",
+                      FormatDefenderTime(since - kClockSkew));
+    }
+    lookup.url = absl::StrCat(client.options_.api_base_url,
+                              "/api/machineactions?$filter=", http::UrlEscape(filter));
+    Attempt(std::move(call), std::move(lookup), /*rejected_token=*/"");
+  }
+
+  static void OnLookupAnswer(CallPtr call, const http::HttpResponse& answer) {
+    absl::StatusOr<std::vector<MachineAction>> actions = ParseMachineActionList(answer.body);
+    if (!actions.ok()) return Fail(call, call->last_error);
+    // The newest action for the same file with the same comment.
+    const MachineAction* match = nullptr;
+    for (const MachineAction& action : *actions) {
+      if (!absl::EqualsIgnoreCase(action.file_identifier, call->sha1)) continue;
+      if (action.requestor_comment != call->comment && !call->already_running) continue;
+      if (call->already_running && action.IsFinal()) continue;
+      if (match == nullptr || action.creation_time > match->creation_time) match = &action;
+    }
+    if (call->already_running) {
+      if (match != nullptr && call->post_uncertain && match->requestor_comment == call->comment) {
+        return Finish(call, *match);  // our own earlier attempt created it
+      }
+      absl::Status error = call->last_error;
+      if (match != nullptr) AddErrorMetadata(error, "existing_action_id", match->id);
+      call->maybe_created = false;  // Defender says what exists; nothing unknown
+      return Fail(call, std::move(error));
+    }
+    if (match != nullptr) return Finish(call, *match);
+    // Not created: sending it again is safe.
+    call->maybe_created = false;
+    RetryLater(std::move(call), call->main, call->last_error);
+  }
+
+  static constexpr absl::Duration kMinAttemptTime = absl::Milliseconds(100);
+  // How far Defender's clock may be behind ours when filtering on creation time.
+  static constexpr absl::Duration kClockSkew = absl::Minutes(5);
 };
 
 RestDefenderClient::RestDefenderClient(RestDefenderClientOptions options,
                                        auth::TokenCredential& credential,
                                        http::HttpTransport& transport)
-    : options_(std::move(options)), credential_(credential), transport_(transport) {
+    : options_(std::move(options)),
+      credential_(credential),
+      transport_(transport),
+      clock_(options_.clock != nullptr ? *options_.clock : Clock::Real()) {
   while (absl::EndsWith(options_.api_base_url, "/")) options_.api_base_url.pop_back();
 }
 
 void RestDefenderClient::StopAndQuarantineFile(const StopAndQuarantineFileParams& params,
-                                               absl::Time deadline, ActionCallback done) {
+                                               const CallContext& context, ActionCallback done) {
   auto call = std::make_shared<Call>();
-  call->operation = "StopAndQuarantineFile";
-  call->method = "POST";
-  call->url = absl::StrCat(options_.api_base_url, "/api/machines/",
-                           http::UrlEscape(params.machine_id), "/StopAndQuarantineFile");
+  call->client = this;
+  call->main.operation = "StopAndQuarantineFile";
+  call->main.method = "POST";
+  call->main.idempotent = false;
+  call->main.url = absl::StrCat(options_.api_base_url, "/api/machines/",
+                                http::UrlEscape(params.machine_id), "/StopAndQuarantineFile");
   json body = json::object();
   body["Comment"] = params.comment;
   body["Sha1"] = params.sha1;
   // UTF-8 goes out as it is (no \u escapes). Callers pass valid UTF-8 (gRPC
   // validates proto strings); should an invalid byte slip through, it becomes
   // U+FFFD rather than an exception.
-  call->body = body.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
-  call->deadline = deadline;
+  call->main.body = body.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
+  call->creates_action = true;
+  call->machine_id = params.machine_id;
+  call->sha1 = params.sha1;
+  call->comment = params.comment;
+  call->context = context;
   call->done = std::move(done);
-  Start(std::move(call), /*rejected_token=*/"");
+  Runner::Begin(std::move(call));
 }
 
-void RestDefenderClient::GetMachineAction(const std::string& action_id, absl::Time deadline,
-                                          ActionCallback done) {
+void RestDefenderClient::GetMachineAction(const std::string& action_id,
+                                          const CallContext& context, ActionCallback done) {
   auto call = std::make_shared<Call>();
-  call->operation = "GetMachineAction";
-  call->method = "GET";
-  call->url =
+  call->client = this;
+  call->main.operation = "GetMachineAction";
+  call->main.method = "GET";
+  call->main.url =
       absl::StrCat(options_.api_base_url, "/api/machineactions/", http::UrlEscape(action_id));
-  call->deadline = deadline;
+  call->context = context;
   call->done = std::move(done);
-  Start(std::move(call), /*rejected_token=*/"");
-}
-
-void RestDefenderClient::Start(std::shared_ptr<Call> call, std::string rejected_token) {
-  auth::TokenRequestContext context;
-  context.scopes = {options_.scope};
-  context.deadline = call->deadline;
-  context.rejected_token = std::move(rejected_token);
-  credential_.GetToken(context, [this, call](absl::StatusOr<auth::AccessToken> token) {
-    if (!token.ok()) {
-      call->Finish(token.status());
-      return;
-    }
-    Send(call, std::move(token->token));
-  });
-}
-
-void RestDefenderClient::Send(std::shared_ptr<Call> call, std::string token) {
-  http::HttpRequest request;
-  request.method = call->method;
-  request.url = call->url;
-  request.headers.emplace_back("Authorization", absl::StrCat("Bearer ", token));
-  request.headers.emplace_back("Accept", "application/json");
-  if (call->method == "POST") {
-    request.headers.emplace_back("Content-Type", "application/json");
-    request.body = call->body;
-  }
-  request.deadline = call->deadline;
-  ++call->attempts;
-  transport_.Send(std::move(request), [this, call, token = std::move(token)](
-                                          absl::StatusOr<http::HttpResponse> response) mutable {
-    OnResponse(std::move(call), std::move(token), std::move(response));
-  });
-}
-
-void RestDefenderClient::OnResponse(std::shared_ptr<Call> call, std::string token,
-                                    absl::StatusOr<http::HttpResponse> response) {
-  if (!response.ok()) {
-    absl::Status error = WithMessage(
-        response.status(),
-        absl::StrCat("Defender ", call->operation, " request: ", response.status().message()));
-    call->Finish(Redact(std::move(error), token));
-    return;
-  }
-  const int status = response->status;
-  if (status >= 200 && status < 300) {
-    absl::StatusOr<MachineAction> action = ParseMachineAction(response->body);
-    if (!action.ok()) {
-      absl::Status error = action.status();
-      AddErrorMetadata(error, "http_status", absl::StrCat(status));
-      call->Finish(std::move(error));
-      return;
-    }
-    call->Finish(std::move(action));
-    return;
-  }
-  if (status == 401 && call->attempts == 1) {
-    // The token was refused (revoked, expired early): force a new one, once.
-    Start(std::move(call), std::move(token));
-    return;
-  }
-  call->Finish(Redact(MapDefenderError(*response), token));
+  Runner::Begin(std::move(call));
 }
 
 absl::Status MapDefenderError(const http::HttpResponse& response) {
@@ -333,10 +594,17 @@ absl::Status MapDefenderError(const http::HttpResponse& response, absl::Time now
 
   // Throttling always says when to come back (60 s when Defender did not);
   // an unavailable service only when it sent a Retry-After.
-  std::optional<absl::Duration> retry_after;
+  absl::optional<absl::Duration> retry_after;
   if (status == 429 || code == absl::StatusCode::kUnavailable) {
-    retry_after = ParseRetryAfter(response.Header("Retry-After"), now);
+    const std::string header = response.Header("Retry-After");
+    retry_after = ParseRetryAfter(header, now);
+    if (!retry_after && !header.empty() &&
+        std::all_of(header.begin(), header.end(),
+                    [](char c) { return absl::ascii_isdigit(static_cast<unsigned char>(c)); })) {
+      retry_after = kMaxRetryAfter;  // more seconds than fit in a number: a long wait
+    }
     if (status == 429 && !retry_after) retry_after = kDefaultRetryAfter;
+    if (retry_after && *retry_after > kMaxRetryAfter) retry_after = kMaxRetryAfter;
   }
   if (retry_after) {
     metadata["retry_after_seconds"] = absl::StrCat(absl::ToInt64Seconds(*retry_after));

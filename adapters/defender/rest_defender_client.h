@@ -1,20 +1,43 @@
 // rest_defender_client.h: DefenderClient over HTTPS (HttpTransport) with tokens
-// from a TokenCredential. Request bodies are built with nlohmann::json, never
-// by string concatenation.
+// from a TokenCredential, inside a rate budget, retrying what is safe to retry.
+// Request bodies are built with nlohmann::json, never by string concatenation.
 //
 //   RestDefenderClient client({.api_base_url = "https://api.security.microsoft.com",
-//                              .scope = "https://api.securitycenter.microsoft.com/.default"},
+//                              .scope = "https://api.securitycenter.microsoft.com/.default",
+//                              .tenant = "default", .limiter = &limiter,
+//                              .scheduler = &timers},
 //                             credential, transport);
-//   client.StopAndQuarantineFile(params, absl::Now() + absl::Seconds(30),
+//   client.StopAndQuarantineFile(params, {deadline, cancellation},
 //                                [](absl::StatusOr<MachineAction> action) { ... });
 //
-// Each call gets a token (scope `options.scope`, the call's deadline), sends
-// one request with "Authorization: Bearer <token>", and on HTTP 401 asks for a
-// new token (TokenRequestContext::rejected_token) and sends it once more. The
-// token never appears in a status message or its metadata.
+// One call, until its deadline or its cancellation:
+//  1. takes a slot from the limiter under "<tenant>/<operation>" (operations:
+//     StopAndQuarantineFile, GetMachineAction, ListMachineActions); a slot that
+//     cannot come before the deadline fails the call at once (RESOURCE_EXHAUSTED);
+//  2. gets a token and sends the request ("Authorization: Bearer <token>");
+//  3. on HTTP 401 gets a new token (TokenRequestContext::rejected_token) and
+//     sends once more;
+//  4. on HTTP 429 waits for Retry-After (60 s when absent) and retries if that
+//     fits the deadline, else fails with RESOURCE_EXHAUSTED and a RetryInfo;
+//  5. on HTTP 5xx, a refused or reset connection, or a timeout, backs off
+//     (exponential, jittered) and retries while the deadline allows, then
+//     fails with the last error (UNAVAILABLE / DEADLINE_EXCEEDED);
+//  6. never sends a second StopAndQuarantineFile for one call when the first
+//     may have reached Defender (the connection dropped after sending, the
+//     answer timed out, a 5xx): it first looks for the action the first may
+//     have created (GET /api/machineactions?$filter=machineId, type and
+//     creation time; matched on SHA-1 and comment) and returns it if found.
+//     When the outcome stays unknown at the deadline the error says so
+//     (metadata "outcome" = "unknown"). A 400 ActiveRequestAlreadyExists after
+//     such a fault is answered with the existing action.
+// Every failure after an HTTP request carries metadata "attempts" (requests
+// sent, lookups included); token faults pass through as the credential
+// reports them. Without a scheduler nothing waits: no retry except the one
+// after a 401.
 //
-// Callbacks of the credential and the transport may come inside the call or
-// later on another thread; the client holds no lock while calling out.
+// Callbacks of the credential, transport, limiter and scheduler may come inside
+// the call or later on other threads; the client holds no lock while calling
+// out. The token never appears in a status message or its metadata.
 #ifndef DEFENDER_ADAPTERS_DEFENDER_REST_DEFENDER_CLIENT_H_
 #define DEFENDER_ADAPTERS_DEFENDER_REST_DEFENDER_CLIENT_H_
 
@@ -25,43 +48,54 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "adapters/auth/token_credential.h"
+#include "adapters/common/clock.h"
+#include "adapters/common/rate_limiter.h"
+#include "adapters/common/retry.h"
+#include "adapters/common/scheduler.h"
 #include "adapters/defender/defender_client.h"
 #include "adapters/http/http_transport.h"
 
 namespace defender::api {
 
-// RestDefenderClientOptions says where one tenant's API is.
+// RestDefenderClientOptions says where one tenant's API is and how to pace and
+// retry calls to it.
 struct RestDefenderClientOptions {
   std::string api_base_url;  // e.g. "https://api.security.microsoft.com"
   std::string scope;         // e.g. "https://api.securitycenter.microsoft.com/.default"
+  std::string tenant = "default";    // names the rate budget: "<tenant>/<operation>"
+  RateLimiter* limiter = nullptr;    // null: no local budget
+  Scheduler* scheduler = nullptr;    // null: no waiting retries
+  Clock* clock = nullptr;            // null: the real clock
+  BackoffPolicy backoff;             // pauses between retries of transient faults
+  int max_attempts = 8;              // sends of the call's own request, at most (lookups apart)
+  // One HTTP attempt gets at most this long (and never more than what is left
+  // of the deadline, less a reserve to look for an action whose POST's outcome
+  // is unknown).
+  absl::Duration attempt_timeout = absl::Seconds(20);
 };
 
 // RestDefenderClient is the production DefenderClient. Thread-safe. The
-// client, its credential and its transport must outlive every call in flight.
+// client, its credential, transport, limiter and scheduler must outlive every
+// call in flight.
 class RestDefenderClient final : public DefenderClient {
  public:
   RestDefenderClient(RestDefenderClientOptions options, auth::TokenCredential& credential,
                      http::HttpTransport& transport);
 
-  void StopAndQuarantineFile(const StopAndQuarantineFileParams& params, absl::Time deadline,
-                             ActionCallback done) override;
-  void GetMachineAction(const std::string& action_id, absl::Time deadline,
+  void StopAndQuarantineFile(const StopAndQuarantineFileParams& params,
+                             const CallContext& context, ActionCallback done) override;
+  void GetMachineAction(const std::string& action_id, const CallContext& context,
                         ActionCallback done) override;
 
  private:
   struct Call;
-  // Start gets a token for `call` (a new one when `rejected_token` is set),
-  // then sends the request.
-  void Start(std::shared_ptr<Call> call, std::string rejected_token);
-  // Send sends `call`'s request with `token`.
-  void Send(std::shared_ptr<Call> call, std::string token);
-  // OnResponse finishes `call`, or retries it once after a 401.
-  void OnResponse(std::shared_ptr<Call> call, std::string token,
-                  absl::StatusOr<http::HttpResponse> response);
+  class Runner;
+  friend class Runner;
 
   RestDefenderClientOptions options_;
   auth::TokenCredential& credential_;
   http::HttpTransport& transport_;
+  Clock& clock_;
 };
 
 // MapDefenderError turns a non-2xx Defender answer into a status, per

@@ -261,6 +261,14 @@ absl::Status ErrorFor(const Transfer& t, CURLcode code) {
                        "); if the server uses a private CA, point DEFENDER_CA_FILE at it"),
           kTlsFailed, /*request_sent=*/false, curl_code);
     case CURLE_SSL_CONNECT_ERROR:
+      // The handshake broke off (a reset, a proxy or load balancer dropping
+      // the connection): a network fault that a retry may get past, and no
+      // request byte went out. Untrusted certificates are
+      // CURLE_PEER_FAILED_VERIFICATION above.
+      return TransportError(
+          absl::StatusCode::kUnavailable,
+          absl::StrCat("the TLS handshake with the server did not complete (", detail, ")"),
+          kConnectFailed, /*request_sent=*/false, curl_code);
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CIPHER:
     case CURLE_SSL_ENGINE_NOTFOUND:

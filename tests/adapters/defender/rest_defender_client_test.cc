@@ -18,7 +18,11 @@
 #include "absl/time/civil_time.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "adapters/common/cancellation.h"
+#include "adapters/common/clock.h"
 #include "adapters/common/error.h"
+#include "adapters/common/rate_limiter.h"
+#include "adapters/common/scheduler.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/adapters/fake_transport.h"
@@ -213,7 +217,11 @@ TEST_F(RestDefenderClientTest, PostsToStopAndQuarantineFile) {
   EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
   EXPECT_EQ(HeaderValues(request, "Accept"), std::vector<std::string>{"application/json"});
   EXPECT_EQ(HeaderValues(request, "Content-Type"), std::vector<std::string>{"application/json"});
-  EXPECT_EQ(request.deadline, deadline_);
+  // One attempt gets at most attempt_timeout (20 s) of a far deadline; the POST
+  // is never re-sent by the transport itself.
+  EXPECT_LE(request.deadline, absl::Now() + absl::Seconds(20));
+  EXPECT_GT(request.deadline, absl::Now() + absl::Seconds(10));
+  EXPECT_FALSE(request.idempotent);
   EXPECT_EQ(json::parse(request.body),
             json({{"Comment", "Stop and quarantine file due to alert 44"}, {"Sha1", kSha1}}));
   EXPECT_EQ(request.body,
@@ -286,7 +294,8 @@ TEST_F(RestDefenderClientTest, GetsMachineAction) {
   EXPECT_EQ(HeaderValues(request, "Accept"), std::vector<std::string>{"application/json"});
   EXPECT_TRUE(HeaderValues(request, "Content-Type").empty());
   EXPECT_EQ(request.body, "");
-  EXPECT_EQ(request.deadline, deadline_);
+  EXPECT_LE(request.deadline, absl::Now() + absl::Seconds(20));
+  EXPECT_TRUE(request.idempotent);
 }
 
 TEST_F(RestDefenderClientTest, GetMachineActionIdIsUrlEscaped) {
@@ -401,7 +410,13 @@ TEST_F(RestDefenderClientTest, TransportErrorPassesThroughWithPayloads) {
   EXPECT_EQ(ErrorReason(action.status()), "UPSTREAM_TIMEOUT");
   EXPECT_EQ(Metadata(action.status(), "request_sent"), "true");
   EXPECT_EQ(action.status().GetPayload("type.example/extra"), absl::Cord("kept"));
-  EXPECT_EQ(transport_.requests().size(), 1u);  // no retry of an unknown outcome
+  // The outcome is unknown: no second POST, but a look for the action (which
+  // the fake does not answer), and the caller is told.
+  EXPECT_EQ(Metadata(action.status(), "outcome"), "unknown");
+  ASSERT_EQ(transport_.requests().size(), 2u);
+  EXPECT_EQ(transport_.requests()[1].method, "GET");
+  EXPECT_TRUE(absl::StartsWith(transport_.requests()[1].url,
+                               absl::StrCat(kBaseUrl, "/api/machineactions?$filter=")));
 }
 
 TEST_F(RestDefenderClientTest, UnreadableSuccessIsBadUpstreamResponse) {
@@ -439,9 +454,10 @@ TEST_F(RestDefenderClientTest, TokenNeverAppearsInErrors) {
                                     "UPSTREAM_CONNECT_FAILED", {{"request_sent", "false"}}));
   int results = 0;
   // The 401 pair consumes two answers in one call.
+  // Reads: a failed POST would look for its action first (tested apart).
   for (size_t i = 0; i < answers.size(); ++i) {
-    client.StopAndQuarantineFile(
-        {kMachineId, kSha1, "c"}, deadline_, [&](absl::StatusOr<MachineAction> action) {
+    client.GetMachineAction(
+        kActionId, deadline_, [&](absl::StatusOr<MachineAction> action) {
           ++results;
           ASSERT_FALSE(action.ok());
           ExpectNoSecret(action.status(), prefix);
@@ -810,6 +826,273 @@ TEST(MapDefenderErrorTest, AlreadyInProgressMessageDoesNotOverridePreconditionCo
   absl::Status status = MapDefenderError(
       Response(400, ErrorBody("OsPlatformNotSupported", "Action is already in progress")));
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// --- Retries, lookups and waits: the fakes answer inline, time is a FakeClock
+// and waits are a ManualScheduler the test drives.
+
+constexpr char kComment[] = "retry me";
+
+std::string ActionWith(const std::string& id, const std::string& sha1, const std::string& comment,
+                       const std::string& status = "Pending") {
+  return json{{"id", id},
+              {"type", "StopAndQuarantineFile"},
+              {"status", status},
+              {"machineId", kMachineId},
+              {"requestorComment", comment},
+              {"creationDateTimeUtc", "2030-01-01T00:00:00.1234567Z"},
+              {"relatedFileInfo", {{"fileIdentifier", sha1}, {"fileIdentifierType", "Sha1"}}}}
+      .dump();
+}
+
+std::string ListOf(const std::vector<std::string>& actions) {
+  json value = json::array();
+  for (const std::string& action : actions) value.push_back(json::parse(action));
+  return json{{"@odata.context", "x"}, {"value", value}}.dump();
+}
+
+absl::Status TransportError(const std::string& reason, bool sent) {
+  return MakeError(absl::StatusCode::kUnavailable, "transport fault", reason,
+                   {{"request_sent", sent ? "true" : "false"}});
+}
+
+// RejectingLimiter refuses every slot.
+class RejectingLimiter final : public RateLimiter {
+ public:
+  void Acquire(const std::string& key, absl::Time deadline,
+               std::shared_ptr<Cancellation> cancellation, Callback done) override {
+    keys.push_back(key);
+    absl::Status error = MakeError(absl::StatusCode::kResourceExhausted, "budget", "RATE_LIMITED");
+    SetRetryDelay(error, absl::Seconds(42));
+    std::move(done)(error);
+  }
+  std::vector<std::string> keys;
+};
+
+class RestDefenderClientRetryTest : public ::testing::Test {
+ protected:
+  RestDefenderClientRetryTest() : scheduler_(clock_) {
+    RestDefenderClientOptions options;
+    options.api_base_url = kBaseUrl;
+    options.scope = kScope;
+    options.tenant = "contoso";
+    options.scheduler = &scheduler_;
+    options.clock = &clock_;
+    client_ = std::make_unique<RestDefenderClient>(options, credential_, transport_);
+  }
+
+  void StartQuarantine(absl::Duration deadline,
+                       std::shared_ptr<Cancellation> cancellation = nullptr) {
+    start_ = clock_.Now();
+    client_->StopAndQuarantineFile({kMachineId, kSha1, kComment},
+                                   CallContext(clock_.Now() + deadline, std::move(cancellation)),
+                                   [this](absl::StatusOr<MachineAction> action) {
+                                     ++callbacks_;
+                                     result_ = std::move(action);
+                                   });
+  }
+
+  void StartGet(absl::Duration deadline, std::shared_ptr<Cancellation> cancellation = nullptr) {
+    start_ = clock_.Now();
+    client_->GetMachineAction(kActionId,
+                              CallContext(clock_.Now() + deadline, std::move(cancellation)),
+                              [this](absl::StatusOr<MachineAction> action) {
+                                ++callbacks_;
+                                result_ = std::move(action);
+                              });
+  }
+
+  // RunTimers lets time pass until the call has finished or nothing waits.
+  void RunTimers() {
+    while (!result_ && scheduler_.Pending() > 0) {
+      const absl::Duration step = scheduler_.NextTime() - clock_.Now();
+      if (step > absl::ZeroDuration()) clock_.Advance(step);
+      scheduler_.RunDue();
+    }
+  }
+
+  std::vector<std::string> Methods() const {
+    std::vector<std::string> methods;
+    for (const auto& request : transport_.requests()) {
+      methods.push_back(request.method == "GET" &&
+                                absl::StrContains(request.url, "/api/machineactions?")
+                            ? "LIST"
+                            : request.method);
+    }
+    return methods;
+  }
+
+  FakeClock clock_;
+  ManualScheduler scheduler_;
+  FakeCredential credential_;
+  FakeTransport transport_;
+  std::unique_ptr<RestDefenderClient> client_;
+  absl::Time start_;
+  int callbacks_ = 0;
+  std::optional<absl::StatusOr<MachineAction>> result_;
+};
+
+using Seq = std::vector<std::string>;
+
+TEST_F(RestDefenderClientRetryTest, ReadIsRetriedAfterServerErrorsWithBackoff) {
+  transport_.Enqueue(503, "");
+  transport_.Enqueue(502, "");
+  transport_.Enqueue(200, kActionJson);
+  StartGet(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_.has_value());
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ(Methods(), (Seq{"GET", "GET", "GET"}));
+  EXPECT_GE(clock_.Now() - start_, absl::Milliseconds(300));  // 200 ms and 400 ms, jittered
+  EXPECT_EQ(callbacks_, 1);
+}
+
+TEST_F(RestDefenderClientRetryTest, ServerErrorOnPostLooksForTheActionBeforeSendingAgain) {
+  transport_.Enqueue(503, "");
+  transport_.Enqueue(200, ListOf({}));
+  transport_.Enqueue(201, kActionJson);
+  StartQuarantine(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ(Methods(), (Seq{"POST", "LIST", "POST"}));
+  const std::string& lookup = transport_.requests()[1].url;
+  EXPECT_TRUE(absl::StrContains(lookup, "machineId%20eq%20%27" + std::string(kMachineId)));
+  EXPECT_TRUE(absl::StrContains(lookup, "type%20eq%20%27StopAndQuarantineFile%27"));
+  EXPECT_TRUE(absl::StrContains(lookup, "creationDateTimeUtc%20ge%20"));
+}
+
+TEST_F(RestDefenderClientRetryTest, LostConnectionAfterSendingReturnsTheCreatedAction) {
+  transport_.EnqueueError(TransportError("UPSTREAM_CONNECTION_LOST", /*sent=*/true));
+  transport_.Enqueue(200, ListOf({ActionWith("other-file", std::string(40, 'c'), kComment),
+                                  ActionWith("mine", kSha1, kComment),
+                                  ActionWith("other-comment", kSha1, "someone else")}));
+  StartQuarantine(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ((*result_)->id, "mine");
+  EXPECT_EQ(Methods(), (Seq{"POST", "LIST"}));  // never a second POST
+}
+
+TEST_F(RestDefenderClientRetryTest, LookupMatchesOnlyTheSameFileAndComment) {
+  transport_.EnqueueError(TransportError("UPSTREAM_TIMEOUT", /*sent=*/true));
+  transport_.Enqueue(200, ListOf({ActionWith("other-file", std::string(40, 'c'), kComment),
+                                  ActionWith("other-comment", kSha1, "someone else")}));
+  transport_.Enqueue(201, kActionJson);
+  StartQuarantine(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ((*result_)->id, kActionId);
+  EXPECT_EQ(Methods(), (Seq{"POST", "LIST", "POST"}));
+}
+
+TEST_F(RestDefenderClientRetryTest, RefusedConnectionIsSentAgainWithoutLookup) {
+  transport_.EnqueueError(TransportError("UPSTREAM_CONNECT_FAILED", /*sent=*/false));
+  transport_.Enqueue(201, kActionJson);
+  StartQuarantine(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ(Methods(), (Seq{"POST", "POST"}));
+}
+
+TEST_F(RestDefenderClientRetryTest, ThrottlingWaitsForRetryAfter) {
+  transport_.Enqueue(429, "", {{"Retry-After", "5"}});
+  transport_.Enqueue(201, kActionJson);
+  StartQuarantine(absl::Seconds(30));
+  EXPECT_FALSE(result_.has_value());  // waiting, holding no thread
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ(clock_.Now() - start_, absl::Seconds(5));
+  EXPECT_EQ(Methods(), (Seq{"POST", "POST"}));
+}
+
+TEST_F(RestDefenderClientRetryTest, ThrottlingBeyondTheDeadlineFailsAtOnce) {
+  transport_.Enqueue(429, "", {{"Retry-After", "60"}});
+  StartQuarantine(absl::Seconds(10));
+  ASSERT_TRUE(result_.has_value());  // at once, not at the deadline
+  EXPECT_EQ(result_->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryDelay(result_->status()), absl::Seconds(60));
+  EXPECT_EQ(Metadata(result_->status(), "attempts"), "1");
+  EXPECT_EQ(scheduler_.Pending(), 0u);
+}
+
+TEST_F(RestDefenderClientRetryTest, PersistentFaultsStopBeforeTheDeadline) {
+  for (int i = 0; i < 50; ++i) transport_.Enqueue(503, "");
+  StartGet(absl::Seconds(3));
+  RunTimers();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LE(clock_.Now(), start_ + absl::Seconds(3));
+  EXPECT_GE(transport_.requests().size(), 3u);
+  EXPECT_EQ(Metadata(result_->status(), "attempts"),
+            absl::StrCat(transport_.requests().size()));
+}
+
+TEST_F(RestDefenderClientRetryTest, OutcomeUnknownAtTheDeadlineIsSaid) {
+  transport_.EnqueueError(TransportError("UPSTREAM_TIMEOUT", /*sent=*/true));
+  for (int i = 0; i < 50; ++i) transport_.Enqueue(503, "");  // the lookups fail too
+  StartQuarantine(absl::Seconds(3));
+  RunTimers();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(ErrorReason(result_->status()), "UPSTREAM_TIMEOUT");
+  EXPECT_EQ(Metadata(result_->status(), "outcome"), "unknown");
+  EXPECT_EQ(Methods()[0], "POST");
+  for (size_t i = 1; i < Methods().size(); ++i) EXPECT_EQ(Methods()[i], "LIST");
+}
+
+TEST_F(RestDefenderClientRetryTest, CancellationDuringBackoffEndsTheCallAtOnce) {
+  transport_.Enqueue(503, "");
+  auto cancellation = std::make_shared<Cancellation>();
+  StartGet(absl::Seconds(30), cancellation);
+  ASSERT_FALSE(result_.has_value());
+  ASSERT_EQ(scheduler_.Pending(), 1u);
+  cancellation->Cancel();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(scheduler_.Pending(), 0u);
+  RunTimers();
+  EXPECT_EQ(callbacks_, 1);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(RestDefenderClientRetryTest, AlreadyRunningNamesTheExistingAction) {
+  transport_.Enqueue(400, R"({"error": {"code": "ActiveRequestAlreadyExists"}})");
+  transport_.Enqueue(200, ListOf({ActionWith("pending-one", kSha1, "earlier playbook run")}));
+  StartQuarantine(absl::Seconds(30));
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Metadata(result_->status(), "existing_action_id"), "pending-one");
+  EXPECT_EQ(Metadata(result_->status(), "outcome"), "<absent>");
+}
+
+TEST_F(RestDefenderClientRetryTest, AlreadyRunningAfterAFaultIsOurOwnAction) {
+  transport_.Enqueue(502, "");
+  transport_.Enqueue(200, ListOf({}));  // not visible yet
+  transport_.Enqueue(400, R"({"error": {"code": "ActiveRequestAlreadyExists"}})");
+  transport_.Enqueue(200, ListOf({ActionWith("mine", kSha1, kComment)}));
+  StartQuarantine(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ((*result_)->id, "mine");
+  EXPECT_EQ(Methods(), (Seq{"POST", "LIST", "POST", "LIST"}));
+}
+
+TEST_F(RestDefenderClientRetryTest, RateLimiterRefusalEndsTheCallWithNothingSent) {
+  RejectingLimiter limiter;
+  RestDefenderClientOptions options;
+  options.api_base_url = kBaseUrl;
+  options.scope = kScope;
+  options.tenant = "contoso";
+  options.limiter = &limiter;
+  RestDefenderClient client(options, credential_, transport_);
+  std::optional<absl::StatusOr<MachineAction>> result;
+  client.StopAndQuarantineFile({kMachineId, kSha1, kComment}, clock_.Now() + absl::Seconds(30),
+                               [&](absl::StatusOr<MachineAction> a) { result = std::move(a); });
+  ASSERT_TRUE(result.has_value());
+  EXPECT_EQ(result->status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(GetRetryDelay(result->status()), absl::Seconds(42));
+  EXPECT_EQ(limiter.keys, (std::vector<std::string>{"contoso/StopAndQuarantineFile"}));
+  EXPECT_TRUE(transport_.requests().empty());
+  EXPECT_TRUE(credential_.contexts().empty());
 }
 
 }  // namespace
