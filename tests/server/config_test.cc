@@ -112,3 +112,29 @@ TEST_F(ConfigTest, HelpIsNotAnError) {
 
 }  // namespace
 }  // namespace defender
+
+namespace defender {
+namespace {
+
+TEST_F(ConfigTest, RateBudgetsDefaultToDefendersAndCanBeChangedOrTurnedOff) {
+  auto config = Load({});
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->rate_per_minute, 100);
+  EXPECT_EQ(config->rate_per_hour, 1500);
+  env_["DEFENDER_RATE_PER_MINUTE"] = "0";
+  env_["DEFENDER_RATE_PER_HOUR"] = "45";
+  config = Load({});
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->rate_per_minute, 0);
+  EXPECT_EQ(config->rate_per_hour, 45);
+  config = Load({"--rate-per-minute", "7"});
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->rate_per_minute, 7);
+  env_["DEFENDER_RATE_PER_HOUR"] = "-1";
+  EXPECT_THAT(Load({}).status().message(), HasSubstr("DEFENDER_RATE_PER_HOUR"));
+  env_["DEFENDER_RATE_PER_HOUR"] = "lots";
+  EXPECT_THAT(Load({}).status().message(), HasSubstr("DEFENDER_RATE_PER_HOUR"));
+}
+
+}  // namespace
+}  // namespace defender
