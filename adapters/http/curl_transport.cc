@@ -557,6 +557,10 @@ class CurlTransport::Impl {
     // only retries streams the server refused unprocessed, but the rule is
     // kept simple.) The TLS session cache keeps the handshake short.
     if (!r.idempotent) set(CURLOPT_FRESH_CONNECT, 1L);
+    // "*" matches every host: no proxy from the environment applies. (A
+    // connection reused from the pool is keyed by its proxy too, so a direct
+    // request never rides on a proxied connection.)
+    if (r.no_proxy) set(CURLOPT_NOPROXY, "*");
     set(CURLOPT_CONNECTTIMEOUT_MS,
         static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))));
     set(CURLOPT_TIMEOUT_MS, timeout_ms);

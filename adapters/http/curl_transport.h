@@ -6,8 +6,10 @@
 //
 // TLS: peer and host verification are always on (there is no switch to turn
 // them off). `ca_file`, when set, is the only CA bundle trusted. Standard proxy
-// variables (https_proxy, no_proxy, ...) are honoured by libcurl. Only http and
-// https URLs are accepted; redirects are not followed (a 3xx is an answer).
+// variables (https_proxy, no_proxy, ...) are honoured by libcurl, except by a
+// request with HttpRequest::no_proxy, which always goes direct (CURLOPT_NOPROXY
+// "*"). Only http and https URLs are accepted; redirects are not followed (a
+// 3xx is an answer).
 //
 // Repeats: when a REUSED HTTP/1.1 connection closes before any byte of the
 // answer (the server dropped an idle connection just as the request went

@@ -69,6 +69,13 @@ struct HttpRequest {
   // caller decides whether to try again. True (the default) lets the
   // transport repeat the request in that case.
   bool idempotent = true;
+  // True sends the request straight to its host, ignoring every proxy setting
+  // (https_proxy, http_proxy, all_proxy and no_proxy of the environment).
+  // For endpoints that must never be reached through a proxy: the managed
+  // identity endpoints (Azure IMDS at 169.254.169.254, App Service's local
+  // IDENTITY_ENDPOINT) reject proxied requests and would hand a token to
+  // whatever sits in between. False (the default) honours the environment.
+  bool no_proxy = false;
 };
 
 // HttpResponse is a complete answer.

@@ -1420,5 +1420,73 @@ TEST(CurlTransportProxyTest, HonoursHttpsProxyFromTheEnvironment) {
   ExpectError(response, absl::StatusCode::kUnavailable, "UPSTREAM_CONNECT_FAILED", "false");
 }
 
+// A no_proxy request (managed identity endpoints) goes straight to its host
+// even when every proxy variable points elsewhere; the same request without
+// the flag still goes through the proxy.
+TEST(CurlTransportProxyTest, NoProxyRequestsGoDirect) {
+  FakeProxy proxy;
+  TempFile ca(Certs().ca_pem);
+  TlsServer tls(Certs());
+  tls.server().Get("/tls", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("direct tls", "text/plain");
+  });
+  tls.Start();
+  httplib::Server plain;
+  plain.Get(
+      "/metadata/identity/oauth2/token", [](const httplib::Request& req, httplib::Response& res) {
+        res.set_content(absl::StrCat("direct ", req.get_header_value("Metadata")), "text/plain");
+      });
+  const int plain_port = plain.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(plain_port, 0);
+  std::thread plain_thread([&plain] { plain.listen_after_bind(); });
+  const std::string plain_url = absl::StrCat(
+      "http://127.0.0.1:", plain_port, "/metadata/identity/oauth2/token?api-version=2018-02-01");
+
+  const std::string proxy_url = absl::StrCat("http://127.0.0.1:", proxy.port());
+  setenv("https_proxy", proxy_url.c_str(), 1);
+  setenv("http_proxy", proxy_url.c_str(), 1);
+  setenv("all_proxy", proxy_url.c_str(), 1);
+  setenv("no_proxy", "", 1);
+  setenv("NO_PROXY", "", 1);
+  absl::StatusOr<HttpResponse> direct_tls, direct_plain, proxied_plain, direct_again;
+  {
+    auto transport = MakeTransport({.ca_file = ca.path()});
+    ASSERT_NE(transport, nullptr);
+    auto send = [&transport](const std::string& url, bool no_proxy) {
+      Outcome outcome;
+      HttpRequest request;
+      request.url = url;
+      request.headers = {{"Metadata", "true"}};
+      request.no_proxy = no_proxy;
+      transport->Send(std::move(request), outcome.Callback());
+      return outcome.Wait();
+    };
+    direct_tls = send(tls.Url("/tls"), true);
+    direct_plain = send(plain_url, true);
+    proxied_plain = send(plain_url, false);
+    direct_again = send(plain_url, true);
+  }
+  unsetenv("https_proxy");
+  unsetenv("http_proxy");
+  unsetenv("all_proxy");
+  setenv("no_proxy", "127.0.0.1,localhost", 1);
+  setenv("NO_PROXY", "127.0.0.1,localhost", 1);
+  plain.stop();
+  plain_thread.join();
+
+  ASSERT_TRUE(direct_tls.ok()) << direct_tls.status();
+  EXPECT_EQ(direct_tls->status, 200);
+  EXPECT_EQ(direct_tls->body, "direct tls");
+  ASSERT_TRUE(direct_plain.ok()) << direct_plain.status();
+  EXPECT_EQ(direct_plain->status, 200);
+  EXPECT_EQ(direct_plain->body, "direct true");
+  ASSERT_TRUE(direct_again.ok()) << direct_again.status();
+  EXPECT_EQ(direct_again->body, "direct true");
+  // Only the request without the flag reached the proxy (which refuses it).
+  ASSERT_TRUE(proxied_plain.ok()) << proxied_plain.status();
+  EXPECT_EQ(proxied_plain->status, 403);
+  EXPECT_EQ(proxy.seen(), absl::StrCat("GET ", plain_url, " HTTP/1.1\n"));
+}
+
 }  // namespace
 }  // namespace defender::http
