@@ -4,8 +4,12 @@
 //   defender-sandbox --listen 127.0.0.1:0 --ca-out /tmp/ca.pem --port-file /tmp/port
 //
 // prints "defender-sandbox listening on https://127.0.0.1:PORT (CA: FILE)" once
-// it accepts connections, then serves until SIGTERM or SIGINT (exit 0). Bad
-// flags exit 2. Secrets and tokens are never printed.
+// it accepts connections, then serves until SIGTERM or SIGINT (exit 0). With
+// --managed-identity a second line follows:
+// "defender-sandbox managed identity on http://127.0.0.1:PORT
+// (IDENTITY_ENDPOINT=http://127.0.0.1:PORT/msi/token IDENTITY_HEADER=HEX)".
+// Bad flags exit 2. Secrets and tokens are never printed (the identity header
+// is a throwaway value of this sandbox, printed so other processes can use it).
 
 #include <signal.h>
 
@@ -17,6 +21,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -28,6 +33,7 @@
 namespace {
 
 using defender::sandbox::Sandbox;
+using defender::sandbox::SandboxApp;
 using defender::sandbox::SandboxOptions;
 
 constexpr char kUsage[] =
@@ -52,15 +58,29 @@ constexpr char kUsage[] =
     "                                any sliding minute, else 429 with Retry-After\n"
     "                                (default 100; 0 = no per-minute limit)\n"
     "  --rate-per-hour N             the same per sliding hour (default 1500; 0 = off)\n"
+    "  --app TENANT:CLIENT_ID:SECRET another app (repeatable): its tenant is served\n"
+    "                                too; tokens are bound to tenant and client id\n"
+    "  --managed-identity            also serve the managed identity endpoints over\n"
+    "                                plain HTTP on another port: IMDS\n"
+    "                                (/metadata/identity/oauth2/token, header\n"
+    "                                Metadata: true) and App Service (/msi/token,\n"
+    "                                header X-IDENTITY-HEADER); prints their URL and\n"
+    "                                the identity header on a second line\n"
+    "  --managed-identity-tenant ID  tenant of managed identity tokens (default: the\n"
+    "                                --tenant-id)\n"
+    "  --user-assigned-client-id ID  a user-assigned identity (repeatable), besides\n"
+    "                                the system-assigned one\n"
     "  --help                        show this text\n"
     "\n"
     "Control endpoints (no authentication): GET /sandbox/health,\n"
     "POST|DELETE /sandbox/faults, GET|DELETE /sandbox/requests, GET /sandbox/actions,\n"
-    "POST /sandbox/expire-tokens, POST /sandbox/reset. A fault is a JSON object\n"
-    "with optional keys method, path_regex, times (-1 = forever), status, body,\n"
-    "retry_after, delay_ms (-1 = never answer) and kind: respond, drop (reset the\n"
-    "connection, handler not run), drop_after (run the handler, then reset the\n"
-    "connection), malformed, slow, oversize. See tools/sandbox/sandbox.h.\n";
+    "POST /sandbox/expire-tokens, POST /sandbox/reset, POST /sandbox/apps,\n"
+    "PUT /sandbox/federated-tokens, GET /sandbox/assertion-checks. A fault is a\n"
+    "JSON object with optional keys method, path_regex, times (-1 = forever),\n"
+    "status, body, retry_after, delay_ms (-1 = never answer) and kind: respond,\n"
+    "drop (reset the connection, handler not run), drop_after (run the handler,\n"
+    "then reset the connection), malformed, slow, oversize. Faults apply to the\n"
+    "managed identity endpoints too. See tools/sandbox/sandbox.h.\n";
 
 struct Flags {
   SandboxOptions options;
@@ -107,6 +127,11 @@ Flags ParseFlags(int argc, char** argv) {
     std::string value;
     size_t eq = arg.find('=');
     if (eq != std::string::npos) name = arg.substr(0, eq);
+    if (name == "--managed-identity") {  // a switch without a value
+      if (eq != std::string::npos) UsageError("--managed-identity takes no value");
+      flags.options.managed_identity = true;
+      continue;
+    }
     static const char* const kKnown[] = {"--listen",
                                          "--ca-out",
                                          "--port-file",
@@ -116,7 +141,10 @@ Flags ParseFlags(int argc, char** argv) {
                                          "--token-lifetime-seconds",
                                          "--action-step-ms",
                                          "--rate-per-minute",
-                                         "--rate-per-hour"};
+                                         "--rate-per-hour",
+                                         "--app",
+                                         "--managed-identity-tenant",
+                                         "--user-assigned-client-id"};
     if (std::find(std::begin(kKnown), std::end(kKnown), name) == std::end(kKnown)) {
       UsageError(absl::StrCat("unknown flag ", name));
     }
@@ -152,6 +180,25 @@ Flags ParseFlags(int argc, char** argv) {
         UsageError("--action-step-ms wants an integer >= 0");
       }
       flags.options.action_step = absl::Milliseconds(number);
+    } else if (name == "--app") {
+      // TENANT:CLIENT_ID:SECRET; the secret is everything after the second colon.
+      size_t first = value.find(':');
+      size_t second = first == std::string::npos ? first : value.find(':', first + 1);
+      if (second == std::string::npos || first == 0 || second == first + 1 ||
+          second + 1 == value.size()) {
+        UsageError("--app wants TENANT:CLIENT_ID:SECRET, all three non-empty");
+      }
+      SandboxApp app;
+      app.tenant_id = value.substr(0, first);
+      app.client_id = value.substr(first + 1, second - first - 1);
+      app.client_secret = value.substr(second + 1);
+      flags.options.extra_apps.push_back(std::move(app));
+    } else if (name == "--managed-identity-tenant") {
+      if (value.empty()) UsageError("--managed-identity-tenant is empty");
+      flags.options.managed_identity_tenant = value;
+    } else if (name == "--user-assigned-client-id") {
+      if (value.empty()) UsageError("--user-assigned-client-id is empty");
+      flags.options.user_assigned_client_ids.push_back(value);
     } else if (name == "--rate-per-minute" || name == "--rate-per-hour") {
       if (!absl::SimpleAtoi(value, &number) || number < 0 || number > 1000000000) {
         UsageError(absl::StrCat(name, " wants an integer >= 0"));
@@ -211,6 +258,13 @@ int main(int argc, char** argv) {
   }
   std::cout << "defender-sandbox listening on " << (*sandbox)->base_url()
             << " (CA: " << flags.ca_out << ")" << std::endl;
+  if (flags.options.managed_identity) {
+    // The identity header is this sandbox's own throwaway value; other
+    // processes need it to call the App Service endpoint.
+    std::cout << "defender-sandbox managed identity on " << (*sandbox)->imds_base_url()
+              << " (IDENTITY_ENDPOINT=" << (*sandbox)->identity_endpoint()
+              << " IDENTITY_HEADER=" << (*sandbox)->identity_header() << ")" << std::endl;
+  }
 
   // Serve until SIGTERM or SIGINT.
   int signal_number = 0;

@@ -1,18 +1,25 @@
 // tools/sandbox/sandbox.cc: the Defender/Entra emulator (see sandbox.h).
 //
-// One httplib::SSLServer serves everything. Every method's requests go to a
-// single catch-all handler (so the body has been read when it runs) which
-// dispatches: /sandbox/* control calls first, then recording, fault rules, and
-// the emulated endpoints in `routes_`.
+// One httplib::SSLServer serves everything but managed identity. Every
+// method's requests go to a single catch-all handler (so the body has been
+// read when it runs) which dispatches: /sandbox/* control calls first, then
+// recording, fault rules, and the emulated endpoints in `routes_`. With
+// managed identity on, a plain httplib::Server serves the IMDS and App Service
+// token endpoints the same way (recording, fault rules, then the endpoint).
 
 #include "tools/sandbox/sandbox.h"
 
+#include <dirent.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <openssl/bio.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -26,6 +33,7 @@
 #include <iostream>
 #include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -40,6 +48,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -117,6 +126,119 @@ std::string Digest(const EVP_MD* md, absl::string_view data) {
   return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(out), len));
 }
 
+// ---------------------------------------------------------------------------
+// Certificates and JWT client assertions.
+
+// A registered app with its certificate loaded.
+struct AppEntry {
+  SandboxApp app;
+  std::shared_ptr<X509> cert;  // null = no certificate registered
+  std::string x5t;             // base64url(SHA-1(cert DER)), unpadded
+  std::string x5t_s256;        // base64url(SHA-256(cert DER)), unpadded
+};
+
+// RawDigest returns the binary digest of `data`.
+std::string RawDigest(const EVP_MD* md, absl::string_view data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), out, &len, md, nullptr) != 1) std::abort();
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+// MakeAppEntry loads the app's certificate (if any) and its thumbprints.
+absl::StatusOr<AppEntry> MakeAppEntry(SandboxApp app) {
+  if (app.tenant_id.empty() || app.client_id.empty()) {
+    return absl::InvalidArgumentError("an app needs a tenant_id and a client_id");
+  }
+  AppEntry e;
+  if (!app.certificate_pem.empty()) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+        BIO_new_mem_buf(app.certificate_pem.data(), static_cast<int>(app.certificate_pem.size())),
+        &BIO_free);
+    X509* cert = bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr;
+    ERR_clear_error();
+    if (cert == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the certificate_pem of app ", app.client_id, " in tenant ", app.tenant_id,
+                       " is not a PEM X.509 certificate"));
+    }
+    e.cert.reset(cert, &X509_free);
+    unsigned char* der = nullptr;
+    const int der_len = i2d_X509(cert, &der);
+    if (der_len <= 0) return absl::InternalError("cannot encode the certificate as DER");
+    const std::string der_bytes(reinterpret_cast<char*>(der), static_cast<size_t>(der_len));
+    OPENSSL_free(der);
+    e.x5t = absl::WebSafeBase64Escape(RawDigest(EVP_sha1(), der_bytes));
+    e.x5t_s256 = absl::WebSafeBase64Escape(RawDigest(EVP_sha256(), der_bytes));
+  }
+  e.app = std::move(app);
+  return e;
+}
+
+// ParsedJwt is a compact JWS split into its parts.
+struct ParsedJwt {
+  json header;
+  json payload;
+  std::string signing_input;  // "header.payload" as received
+  std::string signature;      // decoded bytes
+};
+
+// ParseJwt splits `text` into header.payload.signature and decodes them
+// (base64url, padding optional); header and payload must be JSON objects.
+bool ParseJwt(const std::string& text, ParsedJwt* out) {
+  const size_t first = text.find('.');
+  if (first == std::string::npos) return false;
+  const size_t second = text.find('.', first + 1);
+  if (second == std::string::npos || text.find('.', second + 1) != std::string::npos) {
+    return false;
+  }
+  std::string header, payload;
+  if (!absl::WebSafeBase64Unescape(absl::string_view(text).substr(0, first), &header) ||
+      !absl::WebSafeBase64Unescape(
+          absl::string_view(text).substr(first + 1, second - first - 1), &payload) ||
+      !absl::WebSafeBase64Unescape(absl::string_view(text).substr(second + 1), &out->signature)) {
+    return false;
+  }
+  out->header = json::parse(header, nullptr, /*allow_exceptions=*/false);
+  out->payload = json::parse(payload, nullptr, /*allow_exceptions=*/false);
+  out->signing_input = text.substr(0, second);
+  return out->header.is_object() && out->payload.is_object();
+}
+
+// VerifyRsaSha256 checks an RS256 (PKCS#1 v1.5) or PS256 (PSS, MGF1-SHA-256,
+// salt length = 32) signature with the certificate's RSA public key.
+bool VerifyRsaSha256(X509* cert, bool pss, absl::string_view signing_input,
+                     absl::string_view signature) {
+  EVP_PKEY* key = X509_get0_pubkey(cert);
+  bool ok = false;
+  if (key != nullptr && EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA) {
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
+                                                                &EVP_MD_CTX_free);
+    EVP_PKEY_CTX* pctx = nullptr;
+    ok = ctx && EVP_DigestVerifyInit(ctx.get(), &pctx, EVP_sha256(), nullptr, key) == 1;
+    if (ok && pss) {
+      ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+           EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1 &&
+           EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) == 1;
+    } else if (ok) {
+      ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
+    }
+    ok = ok && EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()),
+                                signature.size(),
+                                reinterpret_cast<const unsigned char*>(signing_input.data()),
+                                signing_input.size()) == 1;
+  }
+  // Leave no error on this thread's queue: httplib's TLS calls read it.
+  ERR_clear_error();
+  return ok;
+}
+
+// StringClaim returns j[key] if it is a string, else "".
+std::string StringClaim(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 // DefenderErrorJson is the API's error body.
 json DefenderErrorJson(absl::string_view code, absl::string_view message) {
   return json{
@@ -164,6 +286,14 @@ void SetJson(httplib::Response& res, int status, const json& body,
              const char* content_type = kApiContentType) {
   res.status = status;
   res.set_content(Dump(body), content_type);
+}
+
+// SetAzureError answers like the managed identity endpoints do.
+void SetAzureError(httplib::Response& res, int status, absl::string_view error,
+                   absl::string_view description) {
+  SetJson(res, status,
+          json{{"error", std::string(error)}, {"error_description", std::string(description)}},
+          kJsonContentType);
 }
 
 // ODataStringLiteral quotes `s` for error messages the way OData echoes values.
@@ -385,6 +515,8 @@ class Sandbox::Impl {
   int port() const { return port_; }
   const std::string& base_url() const { return base_url_; }
   const std::string& ca_pem() const { return certs_.ca_pem; }
+  const std::string& imds_base_url() const { return imds_base_url_; }
+  const std::string& identity_header() const { return identity_header_; }
 
   void AddFault(FaultRule rule) ABSL_LOCKS_EXCLUDED(mu_);
   void ClearFaults() ABSL_LOCKS_EXCLUDED(mu_) {
@@ -414,12 +546,26 @@ class Sandbox::Impl {
   }
   void ExpireAllTokens() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    tokens_.clear();
+    // Keep the tokens (so recorded requests still name their owners), expired.
+    for (auto& [token, info] : tokens_) info.expires = absl::InfinitePast();
   }
   int TokenRequests() const ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return token_requests_;
   }
+  int ManagedIdentityRequests() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return mi_requests_;
+  }
+  std::vector<AssertionCheck> AssertionChecks() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return assertion_checks_;
+  }
+  // AddApp registers an app; INVALID_ARGUMENT (and nothing registered) for an
+  // app without ids, or with a certificate that does not parse.
+  absl::Status AddApp(SandboxApp app) ABSL_LOCKS_EXCLUDED(mu_);
+  void SetFederatedTokens(const std::string& client_id, std::vector<std::string> tokens)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Reset() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     faults_.clear();
@@ -427,14 +573,20 @@ class Sandbox::Impl {
     actions_.clear();
     tokens_.clear();
     token_requests_ = 0;
+    mi_requests_ = 0;
+    assertion_checks_.clear();
+    seen_jtis_.clear();
     rate_windows_.clear();
   }
 
  private:
   struct TokenInfo {
+    std::string tenant;
     std::string client_id;
     absl::Time expires;
   };
+  // Which server a request came to.
+  enum class Endpoint { kMain, kManagedIdentity };
   // A route handler gets the regex captures and, for /api routes, the client
   // id the bearer token was issued to.
   using RouteHandler = std::function<void(const httplib::Request&, httplib::Response&,
@@ -447,23 +599,40 @@ class Sandbox::Impl {
     RouteHandler handler;
   };
 
+  // ConfigureServer applies the common settings and routes every request of
+  // `server` to Handle(.., endpoint).
+  void ConfigureServer(httplib::Server& server, Endpoint endpoint);
+  // Listen binds `server` to host:port (0 = any free port), sets *bound_port
+  // and runs its accept loop on *thread until it accepts connections.
+  absl::Status Listen(httplib::Server& server, int port, int* bound_port, std::thread* thread);
   void RegisterRoutes();
-  void Handle(const httplib::Request& req, httplib::Response& res);
+  void Handle(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
   void HandleControl(const httplib::Request& req, httplib::Response& res);
-  void Dispatch(const httplib::Request& req, httplib::Response& res);
-  void Record(const httplib::Request& req) ABSL_LOCKS_EXCLUDED(mu_);
+  void Dispatch(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  void Record(const httplib::Request& req, Endpoint endpoint) ABSL_LOCKS_EXCLUDED(mu_);
   bool TakeFault(const httplib::Request& req, FaultRule* rule) ABSL_LOCKS_EXCLUDED(mu_);
-  void ApplyFault(const FaultRule& rule, const httplib::Request& req, httplib::Response& res);
+  void ApplyFault(const FaultRule& rule, const httplib::Request& req, httplib::Response& res,
+                  Endpoint endpoint);
   // SleepUnlessStopping waits `d`; returns false (early) when the sandbox stops.
   bool SleepUnlessStopping(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu_);
-  static void DropConnection(const httplib::Request& req);
+  void DropConnection(const httplib::Request& req, Endpoint endpoint) const;
   // AdmitCall applies the rate limits to a call of `api` by `client`: it
   // counts the call and returns true, or answers 429 and returns false.
   bool AdmitCall(const std::string& client, const std::string& api, httplib::Response& res)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   // Endpoints.
-  void Token(const httplib::Request& req, httplib::Response& res, const std::string& tenant);
+  void Token(const httplib::Request& req, httplib::Response& res, const std::string& tenant)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // CheckClientAssertion verifies a client assertion for `app` (federated or
+  // certificate); on failure it answers the Entra error and returns false.
+  bool CheckClientAssertion(const httplib::Request& req, httplib::Response& res,
+                            const AppEntry& app, const std::string& assertion)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // IssueToken remembers a new token for (tenant, client_id) and returns it.
+  std::string IssueToken(const std::string& tenant, const std::string& client_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void ManagedIdentityToken(const httplib::Request& req, httplib::Response& res);
   void SetEntraError(httplib::Response& res, int status, absl::string_view error, int code,
                      absl::string_view description);
   bool Authenticate(const httplib::Request& req, httplib::Response& res, std::string* client)
@@ -495,6 +664,12 @@ class Sandbox::Impl {
   int port_ = 0;
   std::string base_url_;
   std::vector<Route> routes_;  // immutable once the server runs
+  std::string mi_tenant_;      // managed identity tokens' tenant
+  std::unique_ptr<httplib::Server> mi_server_;  // null = managed identity off
+  std::thread mi_listener_;
+  int mi_port_ = 0;
+  std::string imds_base_url_;
+  std::string identity_header_;
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -502,6 +677,10 @@ class Sandbox::Impl {
   std::vector<RecordedRequest> requests_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, TokenInfo> tokens_ ABSL_GUARDED_BY(mu_);
   int token_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  int mi_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<AppEntry> apps_ ABSL_GUARDED_BY(mu_);  // registration order
+  std::vector<AssertionCheck> assertion_checks_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<std::string, std::string>> seen_jtis_ ABSL_GUARDED_BY(mu_);  // client, jti
   std::vector<Action> actions_ ABSL_GUARDED_BY(mu_);  // creation order
   // Admitted calls per (client id, api), oldest first, within the longest
   // enabled rate window.
@@ -537,6 +716,18 @@ absl::Status Sandbox::Impl::Init() {
       return absl::InvalidArgumentError(absl::StrCat("machine id ", Quote(m.id), " is not 40 hex"));
     }
   }
+  SandboxApp default_app;
+  default_app.tenant_id = o.tenant_id;
+  default_app.client_id = o.client_id;
+  default_app.client_secret = o.client_secret;
+  if (absl::Status s = AddApp(std::move(default_app)); !s.ok()) return s;
+  for (const SandboxApp& app : o.extra_apps) {
+    if (absl::Status s = AddApp(app); !s.ok()) return s;
+  }
+  for (const std::string& id : o.user_assigned_client_ids) {
+    if (id.empty()) return absl::InvalidArgumentError("a user-assigned client id is empty");
+  }
+  mi_tenant_ = o.managed_identity_tenant.empty() ? o.tenant_id : o.managed_identity_tenant;
 
   // Certificates: the listening host plus the usual loopback names.
   std::vector<std::string> names = {o.host};
@@ -566,58 +757,84 @@ absl::Status Sandbox::Impl::Init() {
   if (!server_->is_valid()) return absl::InternalError("httplib::SSLServer setup failed");
 
   RegisterRoutes();
-  const size_t threads = static_cast<size_t>(o.threads);
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server_->set_keep_alive_max_count(10000);
-  server_->set_keep_alive_timeout(static_cast<time_t>(absl::ToInt64Seconds(o.keep_alive_timeout)));
-  server_->set_read_timeout(10, 0);
-  server_->set_write_timeout(10, 0);
-  server_->set_payload_max_length(64 * 1024 * 1024);
-  auto handler = [this](const httplib::Request& req, httplib::Response& res) { Handle(req, res); };
-  server_->Get(".*", handler);
-  server_->Post(".*", handler);
-  server_->Put(".*", handler);
-  server_->Patch(".*", handler);
-  server_->Delete(".*", handler);
-  server_->Options(".*", handler);
-  server_->set_exception_handler(
-      [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-        SetDefenderError(res, 500, "InternalServerError", "The sandbox failed (exception).");
-      });
+  ConfigureServer(*server_, Endpoint::kMain);
+  if (absl::Status s = Listen(*server_, o.port, &port_, &listener_); !s.ok()) return s;
+  base_url_ = absl::StrContains(o.host, ':') ? absl::StrCat("https://[", o.host, "]:", port_)
+                                             : absl::StrCat("https://", o.host, ":", port_);
 
+  if (o.managed_identity) {
+    mi_server_ = std::make_unique<httplib::Server>();
+    identity_header_ = RandomHex(16);
+    ConfigureServer(*mi_server_, Endpoint::kManagedIdentity);
+    if (absl::Status s = Listen(*mi_server_, 0, &mi_port_, &mi_listener_); !s.ok()) return s;
+    imds_base_url_ = absl::StrContains(o.host, ':')
+                         ? absl::StrCat("http://[", o.host, "]:", mi_port_)
+                         : absl::StrCat("http://", o.host, ":", mi_port_);
+  }
+  return absl::OkStatus();
+}
+
+void Sandbox::Impl::ConfigureServer(httplib::Server& server, Endpoint endpoint) {
+  const SandboxOptions& o = options_;
+  const size_t threads = static_cast<size_t>(o.threads);
+  server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server.set_keep_alive_max_count(10000);
+  server.set_keep_alive_timeout(static_cast<time_t>(absl::ToInt64Seconds(o.keep_alive_timeout)));
+  server.set_read_timeout(10, 0);
+  server.set_write_timeout(10, 0);
+  server.set_payload_max_length(64 * 1024 * 1024);
+  auto handler = [this, endpoint](const httplib::Request& req, httplib::Response& res) {
+    Handle(req, res, endpoint);
+  };
+  server.Get(".*", handler);
+  server.Post(".*", handler);
+  server.Put(".*", handler);
+  server.Patch(".*", handler);
+  server.Delete(".*", handler);
+  server.Options(".*", handler);
+  server.set_exception_handler(
+      [endpoint](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+        if (endpoint == Endpoint::kManagedIdentity) {
+          SetAzureError(res, 500, "internal_error", "The sandbox failed (exception).");
+        } else {
+          SetDefenderError(res, 500, "InternalServerError", "The sandbox failed (exception).");
+        }
+      });
+  server.set_tcp_nodelay(true);  // no Nagle delay on small answers (40 ms per call otherwise)
+}
+
+absl::Status Sandbox::Impl::Listen(httplib::Server& server, int port, int* bound_port,
+                                   std::thread* thread) {
+  const std::string& host = options_.host;
   // httplib's default socket options set SO_REUSEPORT, which lets a second
   // server bind a busy port: use SO_REUSEADDR only. httplib also listens with a
   // backlog of 5; remember the listening socket so its backlog can be raised
   // (tests open many connections at once).
   int listen_fd = -1;
-  server_->set_tcp_nodelay(true);  // no Nagle delay on small answers (40 ms per call otherwise)
-  server_->set_socket_options([&listen_fd](socket_t sock) {
+  server.set_socket_options([&listen_fd](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     listen_fd = sock;
   });
-  if (o.port == 0) {
-    port_ = server_->bind_to_any_port(o.host);
-    if (port_ <= 0) {
-      return absl::UnavailableError(absl::StrCat("cannot bind ", o.host, ":0"));
+  if (port == 0) {
+    *bound_port = server.bind_to_any_port(host);
+    if (*bound_port <= 0) {
+      return absl::UnavailableError(absl::StrCat("cannot bind ", host, ":0"));
     }
   } else {
-    if (!server_->bind_to_port(o.host, o.port)) {
+    if (!server.bind_to_port(host, port)) {
       return absl::UnavailableError(
-          absl::StrCat("cannot bind ", o.host, ":", o.port, ": ", std::strerror(errno)));
+          absl::StrCat("cannot bind ", host, ":", port, ": ", std::strerror(errno)));
     }
-    port_ = o.port;
+    *bound_port = port;
   }
-  server_->set_socket_options([](socket_t) {});
+  server.set_socket_options([](socket_t) {});
   if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
 
-  base_url_ = absl::StrContains(o.host, ':') ? absl::StrCat("https://[", o.host, "]:", port_)
-                                             : absl::StrCat("https://", o.host, ":", port_);
-
-  listener_ = std::thread([this] { server_->listen_after_bind(); });
+  *thread = std::thread([&server] { server.listen_after_bind(); });
   // stop() only works once the accept loop runs: wait for it.
   absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!server_->is_running()) {
+  while (!server.is_running()) {
     if (absl::Now() > deadline) return absl::InternalError("the server did not start");
     absl::SleepFor(absl::Milliseconds(1));
   }
@@ -630,7 +847,32 @@ void Sandbox::Impl::Stop() {
     stopping_ = true;
   }
   if (server_) server_->stop();
+  if (mi_server_) mi_server_->stop();
   if (listener_.joinable()) listener_.join();
+  if (mi_listener_.joinable()) mi_listener_.join();
+}
+
+absl::Status Sandbox::Impl::AddApp(SandboxApp app) {
+  absl::StatusOr<AppEntry> entry = MakeAppEntry(std::move(app));
+  if (!entry.ok()) return entry.status();
+  absl::MutexLock lock(&mu_);
+  for (AppEntry& e : apps_) {
+    if (absl::EqualsIgnoreCase(e.app.tenant_id, entry->app.tenant_id) &&
+        absl::EqualsIgnoreCase(e.app.client_id, entry->app.client_id)) {
+      e = *std::move(entry);
+      return absl::OkStatus();
+    }
+  }
+  apps_.push_back(*std::move(entry));
+  return absl::OkStatus();
+}
+
+void Sandbox::Impl::SetFederatedTokens(const std::string& client_id,
+                                       std::vector<std::string> tokens) {
+  absl::MutexLock lock(&mu_);
+  for (AppEntry& e : apps_) {
+    if (absl::EqualsIgnoreCase(e.app.client_id, client_id)) e.app.federated_tokens = tokens;
+  }
 }
 
 bool Sandbox::Impl::SleepUnlessStopping(absl::Duration d) {
@@ -642,21 +884,22 @@ bool Sandbox::Impl::SleepUnlessStopping(absl::Duration d) {
 // ---------------------------------------------------------------------------
 // Dispatch, recording and faults.
 
-void Sandbox::Impl::Handle(const httplib::Request& req, httplib::Response& res) {
-  if (absl::StartsWith(req.path, "/sandbox/")) {
+void Sandbox::Impl::Handle(const httplib::Request& req, httplib::Response& res,
+                           Endpoint endpoint) {
+  if (endpoint == Endpoint::kMain && absl::StartsWith(req.path, "/sandbox/")) {
     HandleControl(req, res);
     return;
   }
-  Record(req);
+  Record(req, endpoint);
   FaultRule rule;
   if (TakeFault(req, &rule)) {
-    ApplyFault(rule, req, res);
+    ApplyFault(rule, req, res, endpoint);
   } else {
-    Dispatch(req, res);
+    Dispatch(req, res, endpoint);
   }
 }
 
-void Sandbox::Impl::Record(const httplib::Request& req) {
+void Sandbox::Impl::Record(const httplib::Request& req, Endpoint endpoint) {
   static const std::regex* const kTokenPath =
       new std::regex("^/[^/]+/oauth2/v2\\.0/token$", std::regex::icase);
   RecordedRequest r;
@@ -672,10 +915,24 @@ void Sandbox::Impl::Record(const httplib::Request& req) {
     }
     r.headers.emplace(key, value);
   }
-  bool is_token = req.method == "POST" && std::regex_match(req.path, *kTokenPath);
+  bool is_token = endpoint == Endpoint::kMain && req.method == "POST" &&
+                  std::regex_match(req.path, *kTokenPath);
+  const std::string authorization = req.get_header_value("Authorization");
+  std::string bearer;
+  if (absl::StartsWithIgnoreCase(authorization, "Bearer ")) {
+    bearer = std::string(absl::StripAsciiWhitespace(absl::string_view(authorization).substr(7)));
+  }
   absl::MutexLock lock(&mu_);
+  if (!bearer.empty()) {
+    auto it = tokens_.find(bearer);
+    if (it != tokens_.end()) {
+      r.token_tenant = it->second.tenant;
+      r.token_client_id = it->second.client_id;
+    }
+  }
   requests_.push_back(std::move(r));
   if (is_token) ++token_requests_;
+  if (endpoint == Endpoint::kManagedIdentity) ++mi_requests_;
 }
 
 void Sandbox::Impl::AddFault(FaultRule rule) {
@@ -708,12 +965,55 @@ bool Sandbox::Impl::TakeFault(const httplib::Request& req, FaultRule* rule) {
   return false;
 }
 
-void Sandbox::Impl::DropConnection(const httplib::Request& req) {
+namespace {
+
+// PortOf returns the port of an AF_INET/AF_INET6 address, or -1.
+int PortOf(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+  if (addr.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
+  }
+  return -1;
+}
+
+// FindConnectionSocket returns this process's TCP socket whose local port is
+// `local_port` and whose peer port is `peer_port`, or -1. (A plain
+// httplib::Request does not carry its socket; the TLS one carries its SSL.)
+int FindConnectionSocket(int local_port, int peer_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(dir)) {
+    int fd = -1;
+    if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_len = sizeof local, peer_len = sizeof peer;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        PortOf(local) != local_port ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        PortOf(peer) != peer_port) {
+      continue;
+    }
+    found = fd;
+    break;
+  }
+  closedir(dir);
+  return found;
+}
+
+}  // namespace
+
+void Sandbox::Impl::DropConnection(const httplib::Request& req, Endpoint endpoint) const {
   // Abort the TCP connection under httplib's feet: no TLS close_notify, no
   // HTTP answer. httplib's later write fails (SIGPIPE is ignored by
   // httplib::Server's constructor) and it closes the socket itself; with
   // SO_LINGER 0 that close sends a RST.
-  int fd = req.ssl ? SSL_get_fd(req.ssl) : -1;
+  int fd = -1;
+  if (endpoint == Endpoint::kMain) {
+    fd = req.ssl ? SSL_get_fd(req.ssl) : -1;
+  } else {
+    fd = FindConnectionSocket(mi_port_, req.remote_port);
+  }
   if (fd < 0) return;
   linger l{};
   l.l_onoff = 1;
@@ -783,47 +1083,52 @@ bool Sandbox::Impl::AdmitCall(const std::string& client, const std::string& api,
 }
 
 void Sandbox::Impl::ApplyFault(const FaultRule& rule, const httplib::Request& req,
-                               httplib::Response& res) {
+                               httplib::Response& res, Endpoint endpoint) {
   using Kind = FaultRule::Kind;
+  const bool managed = endpoint == Endpoint::kManagedIdentity;
+  auto set_error = [&res, managed](int status, absl::string_view message) {
+    if (managed) {
+      SetAzureError(res, status, DefaultErrorCode(status), message);
+    } else {
+      SetDefenderError(res, status, DefaultErrorCode(status), message);
+    }
+  };
   if (rule.kind != Kind::kSlowBody && rule.kind != Kind::kDropAfterHandling &&
       !SleepUnlessStopping(rule.delay) && rule.kind != Kind::kDropConnection) {
-    SetDefenderError(res, 503, "ServiceUnavailable", "The sandbox is stopping.");
+    set_error(503, "The sandbox is stopping.");
     return;
   }
   switch (rule.kind) {
     case Kind::kRespond:
       if (rule.status != 0) {
-        res.status = rule.status;
         if (rule.body.empty()) {
-          res.set_content(
-              Dump(DefenderErrorJson(DefaultErrorCode(rule.status),
-                                     absl::StrCat("Sandbox fault injection: HTTP ", rule.status))),
-              kApiContentType);
+          set_error(rule.status, absl::StrCat("Sandbox fault injection: HTTP ", rule.status));
         } else {
-          res.set_content(rule.body, kApiContentType);
+          res.status = rule.status;
+          res.set_content(rule.body, managed ? kJsonContentType : kApiContentType);
         }
       } else {
-        Dispatch(req, res);
+        Dispatch(req, res, endpoint);
       }
       break;
     case Kind::kDropConnection:
-      DropConnection(req);
+      DropConnection(req, endpoint);
       res.status = 500;
       return;
     case Kind::kDropAfterHandling:
-      Dispatch(req, res);
+      Dispatch(req, res, endpoint);
       SleepUnlessStopping(rule.delay);  // dropped also when the sandbox stops
-      DropConnection(req);
+      DropConnection(req, endpoint);
       res.status = 500;
       return;
     case Kind::kMalformedBody:
-      Dispatch(req, res);
+      Dispatch(req, res, endpoint);
       if (rule.status != 0) res.status = rule.status;
       res.set_content(R"({"@odata.context": "sandbox#Malformed", "id": "unterminated, )",
                       kApiContentType);
       break;
     case Kind::kSlowBody: {
-      Dispatch(req, res);
+      Dispatch(req, res, endpoint);
       if (rule.status != 0) res.status = rule.status;
       auto body = std::make_shared<const std::string>(std::move(res.body));
       res.body.clear();
@@ -853,7 +1158,9 @@ void Sandbox::Impl::ApplyFault(const FaultRule& rule, const httplib::Request& re
   if (!rule.retry_after.empty()) res.set_header("Retry-After", rule.retry_after);
 }
 
-void Sandbox::Impl::Dispatch(const httplib::Request& req, httplib::Response& res) {
+void Sandbox::Impl::Dispatch(const httplib::Request& req, httplib::Response& res,
+                             Endpoint endpoint) {
+  if (endpoint == Endpoint::kManagedIdentity) return ManagedIdentityToken(req, res);
   bool path_known = false;
   for (const Route& route : routes_) {
     std::smatch match;
@@ -989,7 +1296,9 @@ void Sandbox::Impl::HandleControl(const httplib::Request& req, httplib::Response
                      {"path", r.path},
                      {"target", r.target},
                      {"headers", std::move(headers)},
-                     {"body", r.body}});
+                     {"body", r.body},
+                     {"token_tenant", r.token_tenant},
+                     {"token_client_id", r.token_client_id}});
     }
     SetJson(res, 200, all, kJsonContentType);
   } else if (p == "/sandbox/requests" && m == "DELETE") {
@@ -1003,6 +1312,53 @@ void Sandbox::Impl::HandleControl(const httplib::Request& req, httplib::Response
   } else if (p == "/sandbox/reset" && m == "POST") {
     Reset();
     ok();
+  } else if (p == "/sandbox/apps" && m == "POST") {
+    json j = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return bad("the body must be a JSON object");
+    SandboxApp app;
+    for (const auto& [key, value] : j.items()) {
+      if (value.is_string() && (key == "tenant_id" || key == "client_id" ||
+                                key == "client_secret" || key == "certificate_pem")) {
+        (key == "tenant_id"       ? app.tenant_id
+         : key == "client_id"     ? app.client_id
+         : key == "client_secret" ? app.client_secret
+                                  : app.certificate_pem) = value.get<std::string>();
+      } else if (key == "federated_tokens" && value.is_array() &&
+                 std::all_of(value.begin(), value.end(),
+                             [](const json& t) { return t.is_string(); })) {
+        app.federated_tokens = value.get<std::vector<std::string>>();
+      } else {
+        return bad(absl::StrCat("unknown key or bad value for ", Quote(key)));
+      }
+    }
+    if (absl::Status s = AddApp(std::move(app)); !s.ok()) return bad(s.message());
+    ok();
+  } else if (p == "/sandbox/federated-tokens" && m == "PUT") {
+    json j = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("client_id") || !j["client_id"].is_string() ||
+        !j.contains("tokens") || !j["tokens"].is_array() ||
+        !std::all_of(j["tokens"].begin(), j["tokens"].end(),
+                     [](const json& t) { return t.is_string(); }) ||
+        j.size() != 2) {
+      return bad(R"(the body must be {"client_id": "...", "tokens": ["...", ...]})");
+    }
+    SetFederatedTokens(j["client_id"].get<std::string>(),
+                       j["tokens"].get<std::vector<std::string>>());
+    ok();
+  } else if (p == "/sandbox/assertion-checks" && m == "GET") {
+    json all = json::array();
+    for (const AssertionCheck& c : AssertionChecks()) {
+      all.push_back({{"alg", c.alg},
+                     {"x5t_kind", c.x5t_kind},
+                     {"aud", c.aud},
+                     {"iss", c.iss},
+                     {"sub", c.sub},
+                     {"jti", c.jti},
+                     {"signature_ok", c.signature_ok},
+                     {"accepted", c.accepted},
+                     {"aadsts", c.aadsts}});
+    }
+    SetJson(res, 200, all, kJsonContentType);
   } else {
     SetJson(res, 404, json{{"error", absl::StrCat("no control endpoint ", m, " ", p)}},
             kJsonContentType);
@@ -1050,7 +1406,25 @@ void Sandbox::Impl::Token(const httplib::Request& req, httplib::Response& res,
         res, 400, "invalid_request", 900144,
         absl::StrCat("The request body must contain the following parameter: '", key, "'."));
   };
-  if (!absl::EqualsIgnoreCase(tenant, options_.tenant_id)) {
+  // Find the app (a copy: apps may change while the request runs).
+  auto find_app = [this, &tenant](const std::string* client_id, bool* tenant_known,
+                                  AppEntry* app) {
+    absl::MutexLock lock(&mu_);
+    bool found = false;
+    for (const AppEntry& e : apps_) {
+      if (!absl::EqualsIgnoreCase(e.app.tenant_id, tenant)) continue;
+      *tenant_known = true;
+      if (client_id != nullptr && absl::EqualsIgnoreCase(e.app.client_id, *client_id)) {
+        *app = e;
+        found = true;
+      }
+    }
+    return found;
+  };
+  bool tenant_known = false;
+  AppEntry app;
+  find_app(nullptr, &tenant_known, &app);
+  if (!tenant_known) {
     return SetEntraError(
         res, 400, "invalid_request", 90002,
         absl::StrCat("Tenant '", tenant,
@@ -1068,7 +1442,7 @@ void Sandbox::Impl::Token(const httplib::Request& req, httplib::Response& res,
   }
   const std::string* client_id = param("client_id");
   if (client_id == nullptr) return missing("client_id");
-  if (!absl::EqualsIgnoreCase(*client_id, options_.client_id)) {
+  if (!find_app(client_id, &tenant_known, &app)) {
     return SetEntraError(
         res, 400, "unauthorized_client", 700016,
         absl::StrCat("Application with identifier '", *client_id,
@@ -1087,22 +1461,21 @@ void Sandbox::Impl::Token(const httplib::Request& req, httplib::Response& res,
                            "'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'.");
     }
     if (assertion == nullptr) return missing("client_assertion");
-    // Certificate credentials are not verified yet: every assertion fails.
-    return SetEntraError(res, 401, "invalid_client", 700027,
-                         "Client assertion failed signature validation.");
-  }
-  if (secret == nullptr) {
-    return SetEntraError(res, 401, "invalid_client", 7000216,
-                         "'client_assertion', 'client_secret' or 'request' is required for "
-                         "the 'client_credentials' grant type.");
-  }
-  if (*secret != options_.client_secret) {
-    return SetEntraError(
-        res, 401, "invalid_client", 7000215,
-        absl::StrCat("Invalid client secret provided. Ensure the secret being sent in the "
-                     "request is the client secret value, not the client secret ID, for a "
-                     "secret added to app '",
-                     options_.client_id, "'."));
+    if (!CheckClientAssertion(req, res, app, *assertion)) return;
+  } else {
+    if (secret == nullptr) {
+      return SetEntraError(res, 401, "invalid_client", 7000216,
+                           "'client_assertion', 'client_secret' or 'request' is required for "
+                           "the 'client_credentials' grant type.");
+    }
+    if (app.app.client_secret.empty() || *secret != app.app.client_secret) {
+      return SetEntraError(
+          res, 401, "invalid_client", 7000215,
+          absl::StrCat("Invalid client secret provided. Ensure the secret being sent in the "
+                       "request is the client secret value, not the client secret ID, for a "
+                       "secret added to app '",
+                       app.app.client_id, "'."));
+    }
   }
   const std::string* scope = param("scope");
   if (scope == nullptr) return missing("scope");
@@ -1122,18 +1495,265 @@ void Sandbox::Impl::Token(const httplib::Request& req, httplib::Response& res,
                      *scope, " is not valid."));
   }
 
-  std::string token = absl::StrCat("sbx.", RandomHex(16));
-  int64_t expires_in = absl::ToInt64Seconds(options_.token_lifetime) - 1;
-  {
-    absl::MutexLock lock(&mu_);
-    tokens_[token] = TokenInfo{options_.client_id, absl::Now() + options_.token_lifetime};
-  }
+  const std::string token = IssueToken(app.app.tenant_id, app.app.client_id);
+  const int64_t expires_in = absl::ToInt64Seconds(options_.token_lifetime) - 1;
   SetJson(res, 200,
           json{{"token_type", "Bearer"},
                {"expires_in", expires_in},
                {"ext_expires_in", expires_in},
                {"access_token", token}},
           kJsonContentType);
+}
+
+std::string Sandbox::Impl::IssueToken(const std::string& tenant, const std::string& client_id) {
+  std::string token = absl::StrCat("sbx.", RandomHex(16));
+  absl::MutexLock lock(&mu_);
+  tokens_[token] = TokenInfo{tenant, client_id, absl::Now() + options_.token_lifetime};
+  return token;
+}
+
+bool Sandbox::Impl::CheckClientAssertion(const httplib::Request& req, httplib::Response& res,
+                                         const AppEntry& app, const std::string& assertion) {
+  // Workload identity: the assertion is one of the app's federated tokens.
+  const std::vector<std::string>& federated = app.app.federated_tokens;
+  if (std::find(federated.begin(), federated.end(), assertion) != federated.end()) return true;
+
+  ParsedJwt jwt;
+  const bool parsed = ParseJwt(assertion, &jwt);
+  const bool has_thumbprint =
+      parsed && (jwt.header.contains("x5t") || jwt.header.contains("x5t#S256"));
+  // Not a certificate assertion, for an app that uses federation: an unknown
+  // (or rotated-away) federated token.
+  if (!has_thumbprint && !federated.empty()) {
+    SetEntraError(res, 400, "invalid_client", 70021,
+                  absl::StrCat("No matching federated identity record found for presented "
+                               "assertion. Assertion audience: 'api://AzureADTokenExchange'. "
+                               "Application: '",
+                               app.app.client_id, "'."));
+    return false;
+  }
+
+  // A certificate assertion.
+  AssertionCheck check;
+  if (parsed) {
+    check.alg = StringClaim(jwt.header, "alg");
+    check.iss = StringClaim(jwt.payload, "iss");
+    check.sub = StringClaim(jwt.payload, "sub");
+    check.jti = StringClaim(jwt.payload, "jti");
+    if (auto aud = jwt.payload.find("aud"); aud != jwt.payload.end()) {
+      check.aud = aud->is_string() ? aud->get<std::string>() : Dump(*aud);
+    }
+  }
+  const bool pss = check.alg == "PS256";
+  const char* const kind = pss ? "x5t#S256" : "x5t";
+  if (parsed && jwt.header.contains(kind)) check.x5t_kind = kind;
+  auto finish = [&](int code, absl::string_view description) {
+    check.aadsts = code;
+    check.accepted = code == 0;
+    {
+      absl::MutexLock lock(&mu_);
+      assertion_checks_.push_back(check);
+    }
+    if (code == 0) return true;
+    SetEntraError(res, 401, "invalid_client", code, description);
+    return false;
+  };
+  constexpr int kInvalid = 700027;
+  constexpr int kTimeRange = 700024;
+  if (!parsed) {
+    return finish(kInvalid,
+                  "Client assertion is not a valid JWT: expected base64url "
+                  "header.payload.signature with JSON header and payload.");
+  }
+  if (!jwt.header.contains("typ") || !jwt.header["typ"].is_string() ||
+      !absl::EqualsIgnoreCase(jwt.header["typ"].get<std::string>(), "JWT")) {
+    return finish(kInvalid, "Client assertion header must have typ 'JWT'.");
+  }
+  if (check.alg != "RS256" && check.alg != "PS256") {
+    return finish(kInvalid,
+                  absl::StrCat("Client assertion algorithm ", Quote(check.alg),
+                               " is not supported: use PS256 with x5t#S256 or RS256 with x5t."));
+  }
+  if (check.x5t_kind.empty()) {
+    return finish(kInvalid, absl::StrCat("Client assertion with alg ", check.alg,
+                                         " must carry the certificate thumbprint ", kind, "."));
+  }
+  if (!app.cert) {
+    return finish(kInvalid,
+                  absl::StrCat("The certificate with identifier used to sign the client "
+                               "assertion is not registered on application. [Reason - No "
+                               "certificate is registered on app '",
+                               app.app.client_id, "'.]"));
+  }
+  // Every thumbprint the header carries must name the registered certificate.
+  for (const auto& [key, expected] :
+       {std::pair<const char*, const std::string*>{"x5t", &app.x5t}, {"x5t#S256", &app.x5t_s256}}) {
+    if (!jwt.header.contains(key)) continue;
+    const json& value = jwt.header[key];
+    if (!value.is_string() ||
+        absl::StripSuffix(value.get<std::string>(), "=") != absl::StripSuffix(*expected, "=")) {
+      return finish(kInvalid,
+                    absl::StrCat("The certificate with identifier used to sign the client "
+                                 "assertion is not registered on application. [Reason - The key "
+                                 "was not found. Thumbprint (",
+                                 key, ") of key used by client: ",
+                                 value.is_string() ? Quote(value.get<std::string>()) : "invalid",
+                                 ".]"));
+    }
+  }
+  check.signature_ok = VerifyRsaSha256(app.cert.get(), pss, jwt.signing_input, jwt.signature);
+  if (!check.signature_ok) {
+    return finish(kInvalid, "Client assertion failed signature validation.");
+  }
+  // aud: the token URL exactly as the client used it.
+  const std::string host = req.get_header_value("Host");
+  const std::vector<std::string> audiences = {
+      absl::StrCat("https://", host, req.path), absl::StrCat(base_url_, req.path)};
+  const json& aud = jwt.payload.contains("aud") ? jwt.payload["aud"] : json();
+  auto accepted_aud = [&audiences](const json& a) {
+    return a.is_string() &&
+           std::find(audiences.begin(), audiences.end(), a.get<std::string>()) != audiences.end();
+  };
+  if (!(accepted_aud(aud) || (aud.is_array() && std::any_of(aud.begin(), aud.end(), accepted_aud)))) {
+    return finish(kInvalid,
+                  absl::StrCat("The audience claim of the client assertion, ", Quote(check.aud),
+                               ", is not the token endpoint ", Quote(audiences.back()), "."));
+  }
+  if (!absl::EqualsIgnoreCase(check.iss, app.app.client_id) ||
+      !absl::EqualsIgnoreCase(check.sub, app.app.client_id)) {
+    return finish(kInvalid,
+                  "The issuer (iss) and subject (sub) claims of the client assertion must both "
+                  "be the client id.");
+  }
+  if (check.jti.empty()) {
+    return finish(kInvalid, "The client assertion has no jti claim.");
+  }
+  const json& nbf = jwt.payload.contains("nbf") ? jwt.payload["nbf"] : json();
+  const json& exp = jwt.payload.contains("exp") ? jwt.payload["exp"] : json();
+  if (!nbf.is_number() || !exp.is_number()) {
+    return finish(kInvalid, "The client assertion needs numeric nbf and exp claims.");
+  }
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  const double not_before = nbf.get<double>();
+  const double expires = exp.get<double>();
+  if (expires <= now || not_before > now + 5 * 60 || expires - not_before > 11 * 60) {
+    return finish(kTimeRange,
+                  absl::StrCat("Client assertion is not within its valid time range. Current "
+                               "time: ",
+                               static_cast<int64_t>(now),
+                               ", assertion valid from: ", static_cast<int64_t>(not_before),
+                               ", expiry time of assertion: ", static_cast<int64_t>(expires),
+                               " (at most 10 minutes)."));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!seen_jtis_.emplace(absl::AsciiStrToLower(app.app.client_id), check.jti).second) {
+      check.aadsts = kInvalid;
+      assertion_checks_.push_back(check);
+      SetEntraError(res, 401, "invalid_client", kInvalid,
+                    absl::StrCat("The client assertion with jti ", Quote(check.jti),
+                                 " was already used (replay)."));
+      return false;
+    }
+  }
+  return finish(0, "");
+}
+
+// ---------------------------------------------------------------------------
+// Managed identity (IMDS and App Service).
+
+void Sandbox::Impl::ManagedIdentityToken(const httplib::Request& req, httplib::Response& res) {
+  const bool imds = req.path == "/metadata/identity/oauth2/token";
+  const bool app_service = req.path == "/msi/token";
+  if (!imds && !app_service) {
+    return SetAzureError(res, 404, "not_found",
+                         absl::StrCat("No managed identity endpoint at ", Quote(req.path),
+                                      ": use /metadata/identity/oauth2/token or /msi/token."));
+  }
+  if (req.method != "GET") {
+    return SetAzureError(res, 405, "invalid_request",
+                         absl::StrCat("The managed identity endpoint does not support ",
+                                      req.method, "; use GET."));
+  }
+  if (imds) {
+    if (!absl::EqualsIgnoreCase(req.get_header_value("Metadata"), "true")) {
+      return SetAzureError(res, 400, "invalid_request", "Required metadata header not specified");
+    }
+  } else if (!req.has_header("X-IDENTITY-HEADER") ||
+             req.get_header_value("X-IDENTITY-HEADER") != identity_header_) {
+    return SetAzureError(res, 401, "unauthorized",
+                         "The X-IDENTITY-HEADER header is missing or does not match "
+                         "IDENTITY_HEADER.");
+  }
+  const std::string api_version = req.get_param_value("api-version");
+  if (api_version.empty()) {
+    return SetAzureError(res, 400, "invalid_request",
+                         "Required query variable 'api-version' is missing");
+  }
+  absl::Time version_date;
+  std::string err;
+  if (app_service ? api_version != "2019-08-01"
+                  : (!absl::ParseTime("%Y-%m-%d", api_version, &version_date, &err) ||
+                     api_version < "2018-02-01")) {
+    return SetAzureError(res, 400, "invalid_request",
+                         absl::StrCat("api-version ", Quote(api_version), " is not supported",
+                                      app_service ? " (use 2019-08-01)." : "."));
+  }
+  const std::string resource = req.get_param_value("resource");
+  if (resource.empty()) {
+    return SetAzureError(res, 400, "invalid_request", "Required audience parameter not specified");
+  }
+  const std::string bare_resource(absl::StripSuffix(resource, "/"));
+  if (std::none_of(std::begin(kAcceptedScopes), std::end(kAcceptedScopes), [&](const char* s) {
+        return bare_resource == absl::StripSuffix(s, "/.default");
+      })) {
+    return SetAzureError(
+        res, 400, "invalid_resource",
+        absl::StrCat("AADSTS500011: The resource principal named ", resource,
+                     " was not found in the tenant named ", mi_tenant_,
+                     ". This can happen if the application has not been installed by the "
+                     "administrator of the tenant."));
+  }
+  // The identity: system-assigned unless the request names a user-assigned one.
+  for (const char* key : {"object_id", "msi_res_id", "mi_res_id", "principal_id"}) {
+    if (req.has_param(key)) return SetAzureError(res, 400, "invalid_request", "Identity not found");
+  }
+  std::string client_id = kSystemAssignedClientId;
+  if (req.has_param("client_id")) {
+    const std::string wanted = req.get_param_value("client_id");
+    const std::vector<std::string>& user = options_.user_assigned_client_ids;
+    auto it = std::find_if(user.begin(), user.end(), [&](const std::string& id) {
+      return absl::EqualsIgnoreCase(id, wanted);
+    });
+    if (it != user.end()) {
+      client_id = *it;
+    } else if (!absl::EqualsIgnoreCase(wanted, kSystemAssignedClientId)) {
+      return SetAzureError(res, 400, "invalid_request", "Identity not found");
+    }
+  }
+
+  const absl::Time now = absl::Now();
+  const std::string token = IssueToken(mi_tenant_, client_id);
+  const int64_t expires_in = absl::ToInt64Seconds(options_.token_lifetime) - 1;
+  const std::string expires_on = std::to_string(absl::ToUnixSeconds(now) + expires_in);
+  json body;
+  if (imds) {
+    body = {{"access_token", token},
+            {"client_id", client_id},
+            {"expires_in", std::to_string(expires_in)},
+            {"expires_on", expires_on},
+            {"ext_expires_in", std::to_string(expires_in)},
+            {"not_before", std::to_string(absl::ToUnixSeconds(now))},
+            {"resource", resource},
+            {"token_type", "Bearer"}};
+  } else {
+    body = {{"access_token", token},
+            {"expires_on", expires_on},
+            {"resource", resource},
+            {"token_type", "Bearer"},
+            {"client_id", client_id}};
+  }
+  SetJson(res, 200, body, kJsonContentType);
 }
 
 // ---------------------------------------------------------------------------
@@ -1528,6 +2148,24 @@ int Sandbox::CountRequests(const std::string& method, const std::string& path_re
 std::vector<std::string> Sandbox::ActionIds() const { return impl_->ActionIds(); }
 int Sandbox::ActionCount() const { return impl_->ActionCount(); }
 void Sandbox::Reset() { impl_->Reset(); }
+void Sandbox::AddApp(SandboxApp app) {
+  const std::string client_id = app.client_id;
+  const std::string tenant_id = app.tenant_id;
+  if (absl::Status s = impl_->AddApp(std::move(app)); !s.ok()) {
+    std::cerr << "defender-sandbox: AddApp(" << Quote(tenant_id) << ", " << Quote(client_id)
+              << "): " << s.message() << std::endl;
+  }
+}
+void Sandbox::SetFederatedTokens(const std::string& client_id, std::vector<std::string> tokens) {
+  impl_->SetFederatedTokens(client_id, std::move(tokens));
+}
+std::vector<AssertionCheck> Sandbox::AssertionChecks() const { return impl_->AssertionChecks(); }
+std::string Sandbox::imds_base_url() const { return impl_->imds_base_url(); }
+std::string Sandbox::identity_endpoint() const {
+  return impl_->imds_base_url().empty() ? "" : absl::StrCat(impl_->imds_base_url(), "/msi/token");
+}
+std::string Sandbox::identity_header() const { return impl_->identity_header(); }
+int Sandbox::ManagedIdentityRequests() const { return impl_->ManagedIdentityRequests(); }
 void Sandbox::Stop() { impl_->Stop(); }
 
 }  // namespace defender::sandbox

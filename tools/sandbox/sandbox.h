@@ -4,7 +4,9 @@
 // A Sandbox is a real TLS server on 127.0.0.1 (a fresh private CA per instance,
 // see certs.h) that serves, on one port:
 //
-//   POST /{tenant}/oauth2/v2.0/token                   client-credentials tokens
+//   POST /{tenant}/oauth2/v2.0/token                   client-credentials tokens (client
+//                                                      secret, certificate assertion or
+//                                                      workload identity; see SandboxApp)
 //   POST /api/machines/{id}/StopAndQuarantineFile      201 + MachineAction
 //   GET  /api/machineactions/{id}                      the action, status by time
 //   GET  /api/machineactions?$filter=...&$top=N        newest first
@@ -22,11 +24,25 @@
 //          answer), kind ("respond", "drop", "drop_after", "malformed", "slow",
 //          "oversize")
 //   DELETE /sandbox/faults            ClearFaults
-//   GET    /sandbox/requests          Requests as a JSON array
+//   GET    /sandbox/requests          Requests as a JSON array (with token_tenant
+//          and token_client_id)
 //   DELETE /sandbox/requests          ClearRequests
 //   GET    /sandbox/actions           {"ids": ActionIds()}
 //   POST   /sandbox/expire-tokens     ExpireAllTokens
 //   POST   /sandbox/reset             Reset
+//   POST   /sandbox/apps              AddApp, given as JSON: tenant_id, client_id,
+//          client_secret, certificate_pem, federated_tokens (an array of strings)
+//   PUT    /sandbox/federated-tokens  SetFederatedTokens, given as JSON:
+//          {"client_id": "...", "tokens": ["...", ...]}
+//   GET    /sandbox/assertion-checks  AssertionChecks as a JSON array
+//
+// With SandboxOptions::managed_identity it also runs a second, plain-HTTP
+// server that emulates the managed identity endpoints (see imds_base_url):
+//
+//   GET /metadata/identity/oauth2/token?api-version=..&resource=..[&client_id=..]
+//       Azure IMDS; needs the header `Metadata: true`
+//   GET /msi/token?resource=..&api-version=2019-08-01[&client_id=..]
+//       App Service / Container Apps; needs `X-IDENTITY-HEADER: identity_header()`
 //
 // Like the real service it rate-limits the API per client and API (see
 // SandboxOptions::rate_per_minute).
@@ -43,6 +59,11 @@
 //   (*sandbox)->AddFault(throttle);
 //   ... point the client at (*sandbox)->base_url() trusting (*sandbox)->ca_pem() ...
 //   EXPECT_EQ((*sandbox)->Requests().size(), 3);
+//
+// Many tenants: every app (SandboxApp) belongs to one tenant, and the token
+// endpoint serves the tenants of all apps. Each token is bound to the tenant
+// and client id it was issued for; RecordedRequest::token_tenant says whose
+// token an API call carried.
 //
 // Threading: every public method may be called from any thread while the server
 // runs. The destructor stops the server; it may wait up to keep_alive_timeout
@@ -90,13 +111,64 @@ struct Machine {
 // "dup.contoso.com" (for ambiguity tests).
 std::vector<Machine> DefaultMachines();
 
+// The client id of the system-assigned managed identity (the identity the
+// managed identity endpoints use when the request names no client_id).
+inline constexpr char kSystemAssignedClientId[] = "5a5a5a5a-0000-4000-8000-5a5a5a5a5a5a";
+
+// SandboxApp is one app registration (service principal) in one tenant, with
+// the credentials the token endpoint accepts for it. The same client id may be
+// registered in several tenants (a multi-tenant app); each registration has
+// its own credentials.
+struct SandboxApp {
+  std::string tenant_id;      // required; compared case-insensitively
+  std::string client_id;      // required; compared case-insensitively
+  std::string client_secret;  // "" = no secret accepted
+  // "" = no certificate registered. Else the PEM of the X.509 certificate whose
+  // (RSA) key signs client assertions (RS256 with x5t, PS256 with x5t#S256).
+  std::string certificate_pem;
+  // Accepted workload-identity (federated) assertions, compared as opaque
+  // strings with the whole client_assertion.
+  std::vector<std::string> federated_tokens;
+};
+
+// AssertionCheck is one certificate client assertion the token endpoint
+// verified (accepted or not); fields the assertion lacked (or that could not
+// be decoded) are "".
+struct AssertionCheck {
+  std::string alg;       // the header's alg ("RS256", "PS256", ...)
+  std::string x5t_kind;  // "x5t" or "x5t#S256": the thumbprint the alg needs, if present
+  std::string aud;       // a string aud as is; an array aud as its JSON text
+  std::string iss;
+  std::string sub;
+  std::string jti;
+  bool signature_ok = false;  // the signature verified with the registered certificate
+  bool accepted = false;      // the assertion passed every check
+  int aadsts = 0;             // the AADSTS error code when rejected, else 0
+};
+
 // SandboxOptions configures Sandbox::Start.
 struct SandboxOptions {
   std::string host = "127.0.0.1";  // address to listen on; also the certificate's SAN
   int port = 0;                    // 0 = pick a free port
+  // The default app (all three required): it accepts this secret, and no
+  // certificate or federated assertion unless extra_apps or AddApp registers
+  // the same (tenant, client id) again with them.
   std::string tenant_id = "11111111-1111-1111-1111-111111111111";
   std::string client_id = "22222222-2222-2222-2222-222222222222";
   std::string client_secret = "sandbox-secret";
+  // More apps, registered after the default one as if by AddApp (a later app
+  // with the same tenant and client id replaces the earlier one). Start fails
+  // with INVALID_ARGUMENT for an app without tenant or client id or with a
+  // certificate_pem that does not parse.
+  std::vector<SandboxApp> extra_apps;
+  // Managed identity emulators (a second server, plain HTTP, on `host` and a
+  // free port; see Sandbox::imds_base_url). Their tokens work for the API and
+  // are bound to managed_identity_tenant ("" = tenant_id) and the identity's
+  // client id: kSystemAssignedClientId, or one of user_assigned_client_ids when
+  // the request names it.
+  bool managed_identity = false;
+  std::string managed_identity_tenant;
+  std::vector<std::string> user_assigned_client_ids;
   // Tokens are valid this long; the token answer says expires_in = seconds - 1.
   absl::Duration token_lifetime = absl::Hours(1);
   // An action is Pending for one step, InProgress for the next, then Succeeded.
@@ -127,6 +199,12 @@ struct RecordedRequest {
   std::string target;                               // path + query exactly as received
   std::multimap<std::string, std::string> headers;  // names as the client spelled them
   std::string body;
+  // Whose bearer token the request carried: the tenant and client id it was
+  // issued for, or "" when there is no Bearer token or this sandbox did not
+  // issue it (since Start or the last Reset). A token that has expired (also
+  // by ExpireAllTokens) still names its owner.
+  std::string token_tenant;
+  std::string token_client_id;
 
   // Header returns the first value of header `name` (compared case-
   // insensitively), or "" when there is none.
@@ -135,7 +213,7 @@ struct RecordedRequest {
 
 // FaultRule changes how the sandbox answers matching requests. Rules are tried
 // in the order they were added, for every request except /sandbox/* control
-// calls (token requests included); the first rule that matches and has hits
+// calls (token requests and managed identity requests included); the first rule that matches and has hits
 // left applies, and uses up one hit.
 struct FaultRule {
   std::string method;       // "" = any; else compared exactly ("POST")
@@ -147,6 +225,8 @@ struct FaultRule {
                             // if not 0, replaces the real handler's status.
   std::string body;         // body for `status`; "" = a Defender-style error JSON
                             // {"error":{"code":..,"message":..,"target":<guid>}}
+                            // (on the managed identity server an Azure-style
+                            // {"error":..,"error_description":..})
   std::string retry_after;  // if not empty, a Retry-After header with this value
   // kRespond, kDropConnection, kMalformedBody, kOversizeBody: wait this long
   // before answering. kDropAfterHandling: wait this long after the real handler
@@ -229,11 +309,40 @@ class Sandbox {
   // failed ones and ones a fault answered) since Start or Reset.
   int TokenRequests() const;
 
+  // AddApp registers `app` (see SandboxApp), replacing an app with the same
+  // tenant and client id; its tenant becomes known to the token endpoint. An
+  // app without tenant or client id, or with a certificate_pem that does not
+  // parse, is not registered (reported on stderr).
+  void AddApp(SandboxApp app);
+  // SetFederatedTokens replaces the accepted federated assertions of every app
+  // with client id `client_id` (in any tenant), as when the token file
+  // rotates: the old ones are refused from now on.
+  void SetFederatedTokens(const std::string& client_id, std::vector<std::string> tokens);
+  // AssertionChecks returns every certificate client assertion the token
+  // endpoint verified since Start or Reset, in arrival order.
+  std::vector<AssertionCheck> AssertionChecks() const;
+
+  // imds_base_url returns "http://HOST:PORT" of the managed identity server
+  // (IMDS at imds_base_url() + "/metadata/identity/oauth2/token"), or "" when
+  // SandboxOptions::managed_identity is off.
+  std::string imds_base_url() const;
+  // identity_endpoint returns the App Service IDENTITY_ENDPOINT,
+  // imds_base_url() + "/msi/token" ("" when off).
+  std::string identity_endpoint() const;
+  // identity_header returns the App Service IDENTITY_HEADER: a random secret
+  // chosen at Start ("" when managed identity is off).
+  std::string identity_header() const;
+  // ManagedIdentityRequests returns how many requests reached the managed
+  // identity server (also failed ones and ones a fault answered) since Start
+  // or Reset.
+  int ManagedIdentityRequests() const;
+
   // Reset clears faults, recorded requests, machine actions, issued tokens,
-  // the token request count and the rate limit windows.
+  // the token and managed identity request counts, assertion checks and seen
+  // assertion ids (jti), and the rate limit windows. Apps stay registered.
   void Reset();
 
-  // Stop stops the server, as the destructor does: in-flight fault delays are
+  // Stop stops the servers, as the destructor does: in-flight fault delays are
   // cut short, then it waits for the worker threads (and for idle keep-alive
   // connections, up to keep_alive_timeout). Idempotent. Afterwards nothing is
   // served, but the other methods still work: Requests, ActionIds and the
