@@ -9,7 +9,9 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <openssl/bio.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <unistd.h>
@@ -24,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -300,7 +303,7 @@ TEST_F(SandboxTest, TokenErrorsLookLikeEntra) {
   EXPECT_EQ(sandbox_->TokenRequests(), static_cast<int>(cases.size()));
 }
 
-TEST_F(SandboxTest, ClientAssertionsAreRejectedForNow) {
+TEST_F(SandboxTest, MalformedClientAssertionIsRejected) {
   httplib::Params params = {
       {"grant_type", "client_credentials"},
       {"client_id", kClient},
@@ -1249,6 +1252,655 @@ TEST(SandboxStartTest, RejectsBadOptionsAndBusyPorts) {
   SandboxOptions same;
   same.port = (*first)->port();
   EXPECT_EQ(Sandbox::Start(same).status().code(), absl::StatusCode::kUnavailable);
+}
+
+// ---------------------------------------------------------------------------
+// Many apps and tenants, certificate and federated client assertions.
+
+constexpr char kTenantB[] = "bbbbbbbb-0000-4000-8000-bbbbbbbbbbbb";
+constexpr char kClientB[] = "b0b0b0b0-0000-4000-8000-b0b0b0b0b0b0";
+constexpr char kSecretB[] = "secret-of-b";
+constexpr char kCertClient[] = "c0c0c0c0-0000-4000-8000-c0c0c0c0c0c0";
+constexpr char kFedClient[] = "f0f0f0f0-0000-4000-8000-f0f0f0f0f0f0";
+constexpr char kFedToken1[] =
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6Im9uZSJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2ln";
+constexpr char kFedToken2[] =
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6InR3byJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2ln";
+constexpr char kJwtBearer[] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+using PKey = std::shared_ptr<EVP_PKEY>;
+
+// TestCertificate is an RSA-2048 key with a self-signed certificate.
+struct TestCertificate {
+  PKey key;
+  std::string cert_pem;
+  std::string x5t;       // base64url(SHA-1(DER))
+  std::string x5t_s256;  // base64url(SHA-256(DER))
+};
+
+std::string RawDigest(const EVP_MD* md, const std::string& data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EXPECT_EQ(EVP_Digest(data.data(), data.size(), out, &len, md, nullptr), 1);
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+TestCertificate MakeTestCertificate(const std::string& cn) {
+  TestCertificate t;
+  t.key.reset(EVP_RSA_gen(2048), &EVP_PKEY_free);
+  EXPECT_NE(t.key, nullptr);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(X509_new(), &X509_free);
+  X509_set_version(cert.get(), 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1);
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), 86400);
+  X509_NAME* name = X509_get_subject_name(cert.get());
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(cert.get(), name);
+  X509_set_pubkey(cert.get(), t.key.get());
+  EXPECT_GT(X509_sign(cert.get(), t.key.get(), EVP_sha256()), 0);
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), &BIO_free);
+  PEM_write_bio_X509(bio.get(), cert.get());
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  t.cert_pem.assign(data, static_cast<size_t>(len));
+  unsigned char* der = nullptr;
+  int der_len = i2d_X509(cert.get(), &der);
+  std::string der_bytes(reinterpret_cast<char*>(der), static_cast<size_t>(der_len));
+  OPENSSL_free(der);
+  t.x5t = absl::WebSafeBase64Escape(RawDigest(EVP_sha1(), der_bytes));
+  t.x5t_s256 = absl::WebSafeBase64Escape(RawDigest(EVP_sha256(), der_bytes));
+  return t;
+}
+
+// The registered certificate and another key (made once: RSA keys are slow).
+const TestCertificate& GoodCert() {
+  static const TestCertificate* cert = new TestCertificate(MakeTestCertificate("good"));
+  return *cert;
+}
+const TestCertificate& OtherCert() {
+  static const TestCertificate* cert = new TestCertificate(MakeTestCertificate("other"));
+  return *cert;
+}
+
+// SignJwt makes header.payload.signature, signed RS256 or (pss) PS256.
+std::string SignJwt(const json& header, const json& payload, EVP_PKEY* key, bool pss) {
+  std::string input = absl::StrCat(absl::WebSafeBase64Escape(header.dump()), ".",
+                                   absl::WebSafeBase64Escape(payload.dump()));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  EVP_PKEY_CTX* pctx = nullptr;
+  EXPECT_EQ(EVP_DigestSignInit(ctx.get(), &pctx, EVP_sha256(), nullptr, key), 1);
+  if (pss) {
+    EXPECT_EQ(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+    EXPECT_EQ(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST), 1);
+    EXPECT_EQ(EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()), 1);
+  }
+  size_t len = 0;
+  EXPECT_EQ(EVP_DigestSign(ctx.get(), nullptr, &len,
+                           reinterpret_cast<const unsigned char*>(input.data()), input.size()),
+            1);
+  std::string sig(len, '\0');
+  EXPECT_EQ(EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(sig.data()), &len,
+                           reinterpret_cast<const unsigned char*>(input.data()), input.size()),
+            1);
+  sig.resize(len);
+  return absl::StrCat(input, ".", absl::WebSafeBase64Escape(sig));
+}
+
+class AppsTest : public SandboxTest {
+ protected:
+  void SetUp() override {
+    SandboxOptions options;
+    SandboxApp b;
+    b.tenant_id = kTenantB;
+    b.client_id = kClientB;
+    b.client_secret = kSecretB;
+    SandboxApp cert;
+    cert.tenant_id = kTenant;
+    cert.client_id = kCertClient;
+    cert.certificate_pem = GoodCert().cert_pem;
+    SandboxApp fed;
+    fed.tenant_id = kTenantB;
+    fed.client_id = kFedClient;
+    fed.federated_tokens = {kFedToken1};
+    options.extra_apps = {b, cert, fed};
+    StartSandbox(options);
+  }
+
+  std::string TokenUrl(const std::string& tenant = kTenant) const {
+    return absl::StrCat("https://127.0.0.1:", sandbox_->port(), "/", tenant, "/oauth2/v2.0/token");
+  }
+
+  // Claims of a good certificate assertion for kCertClient.
+  json GoodClaims() const {
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    return {{"aud", TokenUrl()},  {"iss", kCertClient},
+            {"sub", kCertClient}, {"jti", absl::StrCat("jti-", ++jti_counter_)},
+            {"nbf", now},         {"exp", now + 600}};
+  }
+  static json Rs256Header(const std::string& x5t = GoodCert().x5t) {
+    return {{"alg", "RS256"}, {"typ", "JWT"}, {"x5t", x5t}};
+  }
+  static json Ps256Header(const std::string& x5t_s256 = GoodCert().x5t_s256) {
+    return {{"alg", "PS256"}, {"typ", "JWT"}, {"x5t#S256", x5t_s256}};
+  }
+
+  httplib::Result AssertionToken(const std::string& client, const std::string& assertion,
+                                 const std::string& tenant = kTenant) const {
+    return RequestToken({{"grant_type", "client_credentials"},
+                         {"client_id", client},
+                         {"client_assertion_type", kJwtBearer},
+                         {"client_assertion", assertion},
+                         {"scope", kScope}},
+                        tenant);
+  }
+
+  static void ExpectEntraError(const httplib::Result& res, int status, const std::string& error,
+                               int code) {
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, status) << res->body;
+    json body = Parse(res->body);
+    EXPECT_EQ(body["error"], error) << res->body;
+    EXPECT_EQ(body["error_codes"], json::array({code})) << res->body;
+    EXPECT_THAT(body["error_description"].get<std::string>(),
+                StartsWith(absl::StrCat("AADSTS", code, ":")));
+  }
+
+  // TokenFrom returns the access token of a 200 answer ("" and a failure otherwise).
+  static std::string TokenFrom(const httplib::Result& res) {
+    if (!res || res->status != 200) {
+      ADD_FAILURE() << "no token: " << (res ? res->body : httplib::to_string(res.error()));
+      return "";
+    }
+    return Parse(res->body)["access_token"].get<std::string>();
+  }
+
+  mutable int jti_counter_ = 0;
+};
+
+TEST_F(AppsTest, EachTenantsTokensAreBoundToTheirTenantAndClient) {
+  const std::string token_a = Token();
+  const std::string token_b = TokenFrom(RequestToken({{"grant_type", "client_credentials"},
+                                                      {"client_id", kClientB},
+                                                      {"client_secret", kSecretB},
+                                                      {"scope", kScope}},
+                                                     kTenantB));
+  // Each app exists only in its own tenant, with its own secret.
+  ExpectEntraError(RequestToken({{"grant_type", "client_credentials"},
+                                 {"client_id", kClientB},
+                                 {"client_secret", kSecretB},
+                                 {"scope", kScope}},
+                                kTenant),
+                   400, "unauthorized_client", 700016);
+  ExpectEntraError(RequestToken(GoodTokenParams(), kTenantB), 400, "unauthorized_client", 700016);
+  ExpectEntraError(RequestToken(GoodTokenParams(), "99999999-9999-9999-9999-999999999999"), 400,
+                   "invalid_request", 90002);
+  // A secret-less app accepts no secret.
+  ExpectEntraError(RequestToken({{"grant_type", "client_credentials"},
+                                 {"client_id", kCertClient},
+                                 {"client_secret", ""},
+                                 {"scope", kScope}}),
+                   401, "invalid_client", 7000215);
+
+  sandbox_->ClearRequests();
+  ASSERT_TRUE(Get(token_a, "/api/machines"));
+  ASSERT_TRUE(Get(token_b, "/api/machines"));
+  ASSERT_TRUE(Get("not-a-token", "/api/machines"));
+  ASSERT_TRUE(Client()->Get("/api/machines"));
+  sandbox_->ExpireAllTokens();
+  ExpectDefenderError(Get(token_b, "/api/machines"), 401, "Unauthorized");
+  std::vector<RecordedRequest> requests = sandbox_->Requests();
+  ASSERT_EQ(requests.size(), 5u);
+  EXPECT_EQ(requests[0].token_tenant, kTenant);
+  EXPECT_EQ(requests[0].token_client_id, kClient);
+  EXPECT_EQ(requests[1].token_tenant, kTenantB);
+  EXPECT_EQ(requests[1].token_client_id, kClientB);
+  EXPECT_EQ(requests[2].token_tenant, "");
+  EXPECT_EQ(requests[3].token_client_id, "");
+  EXPECT_EQ(requests[4].token_tenant, kTenantB) << "an expired token still names its owner";
+
+  httplib::Result json_requests = Client()->Get("/sandbox/requests");
+  ASSERT_TRUE(json_requests);
+  json list = Parse(json_requests->body);
+  ASSERT_EQ(list.size(), 5u);
+  EXPECT_EQ(list[1]["token_tenant"], kTenantB);
+  EXPECT_EQ(list[1]["token_client_id"], kClientB);
+  EXPECT_EQ(list[2]["token_tenant"], "");
+}
+
+TEST_F(AppsTest, OneClientIdInTwoTenantsHasSeparateCredentials) {
+  // A multi-tenant app: the same client id registered in both tenants.
+  SandboxApp in_b;
+  in_b.tenant_id = kTenantB;
+  in_b.client_id = kClient;
+  in_b.client_secret = "secret-in-b";
+  sandbox_->AddApp(in_b);
+  httplib::Params in_b_params = GoodTokenParams();
+  in_b_params.erase("client_secret");
+  in_b_params.emplace("client_secret", "secret-in-b");
+  ExpectEntraError(RequestToken(GoodTokenParams(), kTenantB), 401, "invalid_client", 7000215);
+  const std::string token = TokenFrom(RequestToken(in_b_params, kTenantB));
+  sandbox_->ClearRequests();
+  ASSERT_TRUE(Get(token, "/api/machines"));
+  EXPECT_EQ(sandbox_->Requests()[0].token_tenant, kTenantB);
+  EXPECT_EQ(sandbox_->Requests()[0].token_client_id, kClient);
+
+  // Apps added at run time (also over HTTP) bring their tenants along.
+  const std::string tenant_c = "cccccccc-0000-4000-8000-cccccccccccc";
+  ExpectEntraError(RequestToken(GoodTokenParams(), tenant_c), 400, "invalid_request", 90002);
+  auto client = Client();
+  httplib::Result added = client->Post(
+      "/sandbox/apps",
+      json{{"tenant_id", tenant_c}, {"client_id", kClient}, {"client_secret", kSecret}}.dump(),
+      "application/json");
+  ASSERT_TRUE(added);
+  EXPECT_EQ(added->status, 200) << added->body;
+  EXPECT_FALSE(TokenFrom(RequestToken(GoodTokenParams(), tenant_c)).empty());
+  for (const std::string bad : {R"({"tenant_id":"t"})", R"({"tenant_id":"t","client_id":"c",
+       "certificate_pem":"not a certificate"})",
+                                R"({"tenant_id":1})", "[]"}) {
+    httplib::Result rejected = client->Post("/sandbox/apps", bad, "application/json");
+    ASSERT_TRUE(rejected);
+    EXPECT_EQ(rejected->status, 400) << bad;
+  }
+
+  // Bad apps in the options fail Start.
+  SandboxOptions options;
+  options.extra_apps.push_back(SandboxApp{kTenantB, kClientB, "", "not a certificate", {}});
+  EXPECT_EQ(Sandbox::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.extra_apps = {SandboxApp{"", kClientB, "s", "", {}}};
+  EXPECT_EQ(Sandbox::Start(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AppsTest, CertificateAssertionsRs256WithX5tAndPs256WithX5tS256) {
+  const json rs256_claims = GoodClaims();
+  const json ps256_claims = GoodClaims();
+  const std::string rs256 = SignJwt(Rs256Header(), rs256_claims, GoodCert().key.get(), false);
+  const std::string ps256 = SignJwt(Ps256Header(), ps256_claims, GoodCert().key.get(), true);
+  const std::string token_rs = TokenFrom(AssertionToken(kCertClient, rs256));
+  const std::string token_ps = TokenFrom(AssertionToken(kCertClient, ps256));
+  // Both thumbprints at once are fine too.
+  json both = Ps256Header();
+  both["x5t"] = GoodCert().x5t;
+  EXPECT_FALSE(TokenFrom(AssertionToken(kCertClient,
+                                        SignJwt(both, GoodClaims(), GoodCert().key.get(), true)))
+                   .empty());
+
+  sandbox_->ClearRequests();
+  ASSERT_TRUE(Get(token_rs, "/api/machines"));
+  ASSERT_TRUE(Get(token_ps, "/api/machines"));
+  for (const RecordedRequest& r : sandbox_->Requests()) {
+    EXPECT_EQ(r.token_tenant, kTenant);
+    EXPECT_EQ(r.token_client_id, kCertClient);
+  }
+  std::vector<AssertionCheck> checks = sandbox_->AssertionChecks();
+  ASSERT_EQ(checks.size(), 3u);
+  EXPECT_EQ(checks[0].alg, "RS256");
+  EXPECT_EQ(checks[0].x5t_kind, "x5t");
+  EXPECT_EQ(checks[1].alg, "PS256");
+  EXPECT_EQ(checks[1].x5t_kind, "x5t#S256");
+  EXPECT_EQ(checks[1].jti, ps256_claims["jti"]);
+  for (const AssertionCheck& c : checks) {
+    EXPECT_EQ(c.aud, TokenUrl());
+    EXPECT_EQ(c.iss, kCertClient);
+    EXPECT_EQ(c.sub, kCertClient);
+    EXPECT_TRUE(c.signature_ok);
+    EXPECT_TRUE(c.accepted);
+    EXPECT_EQ(c.aadsts, 0);
+  }
+  httplib::Result over_http = Client()->Get("/sandbox/assertion-checks");
+  ASSERT_TRUE(over_http);
+  EXPECT_EQ(Parse(over_http->body)[0]["x5t_kind"], "x5t");
+  sandbox_->Reset();
+  EXPECT_TRUE(sandbox_->AssertionChecks().empty());
+}
+
+TEST_F(AppsTest, CertificateAssertionsAreRejectedLikeEntra) {
+  EVP_PKEY* good = GoodCert().key.get();
+  EVP_PKEY* other = OtherCert().key.get();
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  struct Case {
+    std::string name;
+    std::string assertion;
+    int code;
+    bool signature_ok;
+  };
+  auto claims_with = [&](const char* key, const json& value) {
+    json c = GoodClaims();
+    if (value.is_null()) {
+      c.erase(key);
+    } else {
+      c[key] = value;
+    }
+    return c;
+  };
+  const std::vector<Case> cases = {
+      {"wrong key", SignJwt(Rs256Header(), GoodClaims(), other, false), 700027, false},
+      {"wrong key PS256", SignJwt(Ps256Header(), GoodClaims(), other, true), 700027, false},
+      {"RS256-signed but says PS256", SignJwt(Ps256Header(), GoodClaims(), good, false), 700027,
+       false},
+      {"x5t of another certificate",
+       SignJwt(Rs256Header(OtherCert().x5t), GoodClaims(), good, false), 700027, false},
+      {"x5t#S256 of another certificate",
+       SignJwt(Ps256Header(OtherCert().x5t_s256), GoodClaims(), good, true), 700027, false},
+      {"PS256 with only x5t",
+       SignJwt({{"alg", "PS256"}, {"typ", "JWT"}, {"x5t", GoodCert().x5t}}, GoodClaims(), good,
+               true),
+       700027, false},
+      {"alg none",
+       SignJwt({{"alg", "none"}, {"typ", "JWT"}, {"x5t", GoodCert().x5t}}, GoodClaims(), good,
+               false),
+       700027, false},
+      {"no typ", SignJwt({{"alg", "RS256"}, {"x5t", GoodCert().x5t}}, GoodClaims(), good, false),
+       700027, false},
+      {"wrong aud", SignJwt(Rs256Header(), claims_with("aud", TokenUrl(kTenantB)), good, false),
+       700027, true},
+      {"aud without port",
+       SignJwt(
+           Rs256Header(),
+           claims_with("aud", absl::StrCat("https://127.0.0.1/", kTenant, "/oauth2/v2.0/token")),
+           good, false),
+       700027, true},
+      {"wrong iss", SignJwt(Rs256Header(), claims_with("iss", kClient), good, false), 700027, true},
+      {"wrong sub", SignJwt(Rs256Header(), claims_with("sub", kClient), good, false), 700027, true},
+      {"no jti", SignJwt(Rs256Header(), claims_with("jti", ""), good, false), 700027, true},
+      {"expired",
+       SignJwt(
+           Rs256Header(),
+           [&] {
+             json c = GoodClaims();
+             c["nbf"] = now - 700;
+             c["exp"] = now - 100;
+             return c;
+           }(),
+           good, false),
+       700024, true},
+      {"not yet valid",
+       SignJwt(
+           Rs256Header(),
+           [&] {
+             json c = GoodClaims();
+             c["nbf"] = now + 3600;
+             c["exp"] = now + 3600 + 600;
+             return c;
+           }(),
+           good, false),
+       700024, true},
+      {"lives too long", SignJwt(Rs256Header(), claims_with("exp", now + 3600), good, false),
+       700024, true},
+      {"no exp", SignJwt(Rs256Header(), claims_with("exp", nullptr), good, false), 700027, true},
+      {"not a JWT", "abc.def", 700027, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const size_t before = sandbox_->AssertionChecks().size();
+    ExpectEntraError(AssertionToken(kCertClient, c.assertion), 401, "invalid_client", c.code);
+    std::vector<AssertionCheck> checks = sandbox_->AssertionChecks();
+    ASSERT_EQ(checks.size(), before + 1);
+    EXPECT_EQ(checks.back().signature_ok, c.signature_ok);
+    EXPECT_FALSE(checks.back().accepted);
+    EXPECT_EQ(checks.back().aadsts, c.code);
+  }
+
+  // A replayed jti: accepted once, refused afterwards (also by another client).
+  const std::string once = SignJwt(Ps256Header(), GoodClaims(), good, true);
+  EXPECT_FALSE(TokenFrom(AssertionToken(kCertClient, once)).empty());
+  ExpectEntraError(AssertionToken(kCertClient, once), 401, "invalid_client", 700027);
+  EXPECT_TRUE(sandbox_->AssertionChecks().back().signature_ok);
+  EXPECT_FALSE(sandbox_->AssertionChecks().back().accepted);
+
+  // An app without a certificate accepts no certificate assertion.
+  json claims = GoodClaims();
+  claims["iss"] = claims["sub"] = kClient;
+  ExpectEntraError(AssertionToken(kClient, SignJwt(Rs256Header(), claims, good, false)), 401,
+                   "invalid_client", 700027);
+  // Registering the certificate on the default app (same tenant and client id)
+  // makes it work.
+  SandboxApp with_cert{kTenant, kClient, kSecret, GoodCert().cert_pem, {}};
+  sandbox_->AddApp(with_cert);
+  claims["jti"] = "fresh";
+  EXPECT_FALSE(
+      TokenFrom(AssertionToken(kClient, SignJwt(Rs256Header(), claims, good, false))).empty());
+  EXPECT_FALSE(Token().empty()) << "the secret still works";
+}
+
+TEST_F(AppsTest, FederatedTokensAreAcceptedAndRotate) {
+  const std::string token = TokenFrom(AssertionToken(kFedClient, kFedToken1, kTenantB));
+  sandbox_->ClearRequests();
+  ASSERT_TRUE(Get(token, "/api/machines"));
+  EXPECT_EQ(sandbox_->Requests()[0].token_tenant, kTenantB);
+  EXPECT_EQ(sandbox_->Requests()[0].token_client_id, kFedClient);
+  EXPECT_FALSE(TokenFrom(AssertionToken(kFedClient, kFedToken1, kTenantB)).empty())
+      << "a federated token may be used until it rotates";
+
+  // The token file rotates.
+  sandbox_->SetFederatedTokens(kFedClient, {kFedToken2});
+  ExpectEntraError(AssertionToken(kFedClient, kFedToken1, kTenantB), 400, "invalid_client", 70021);
+  EXPECT_FALSE(TokenFrom(AssertionToken(kFedClient, kFedToken2, kTenantB)).empty());
+  ExpectEntraError(AssertionToken(kFedClient, "some-opaque-string", kTenantB), 400,
+                   "invalid_client", 70021);
+  // Over HTTP.
+  httplib::Result put = Client()->Put(
+      "/sandbox/federated-tokens", json{{"client_id", kFedClient}, {"tokens", {kFedToken1}}}.dump(),
+      "application/json");
+  ASSERT_TRUE(put);
+  EXPECT_EQ(put->status, 200) << put->body;
+  EXPECT_FALSE(TokenFrom(AssertionToken(kFedClient, kFedToken1, kTenantB)).empty());
+  ExpectEntraError(AssertionToken(kFedClient, kFedToken2, kTenantB), 400, "invalid_client", 70021);
+  httplib::Result bad =
+      Client()->Put("/sandbox/federated-tokens", R"({"client_id":"x"})", "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  // A federated token works only for its own app, and is no certificate
+  // assertion for an app without federation.
+  ExpectEntraError(AssertionToken(kCertClient, kFedToken1), 401, "invalid_client", 700027);
+  EXPECT_TRUE(sandbox_->AssertionChecks().size() == 1u &&
+              !sandbox_->AssertionChecks()[0].signature_ok);
+}
+
+// ---------------------------------------------------------------------------
+// Managed identity.
+
+constexpr char kMiResource[] = "https://api.securitycenter.microsoft.com";
+constexpr char kUserAssigned[] = "a1a1a1a1-0000-4000-8000-a1a1a1a1a1a1";
+constexpr char kMiTenant[] = "e0e0e0e0-0000-4000-8000-e0e0e0e0e0e0";
+
+class ManagedIdentityTest : public SandboxTest {
+ protected:
+  void SetUp() override {
+    SandboxOptions options;
+    options.managed_identity = true;
+    options.managed_identity_tenant = kMiTenant;
+    options.user_assigned_client_ids = {kUserAssigned};
+    StartSandbox(options);
+  }
+
+  std::unique_ptr<httplib::Client> MiClient() const {
+    const std::string prefix = "http://127.0.0.1:";
+    EXPECT_THAT(sandbox_->imds_base_url(), StartsWith(prefix));
+    int port = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(sandbox_->imds_base_url().substr(prefix.size()), &port));
+    auto client = std::make_unique<httplib::Client>("127.0.0.1", port);
+    client->set_connection_timeout(5, 0);
+    client->set_read_timeout(10, 0);
+    return client;
+  }
+
+  httplib::Result Imds(const httplib::Params& params, bool metadata = true) const {
+    httplib::Headers headers;
+    if (metadata) headers.emplace("Metadata", "true");
+    return MiClient()->Get("/metadata/identity/oauth2/token", params, headers);
+  }
+
+  static httplib::Params ImdsParams() {
+    return {{"api-version", "2018-02-01"}, {"resource", kMiResource}};
+  }
+
+  httplib::Result AppService(const httplib::Params& params, const std::string& header) const {
+    httplib::Headers headers;
+    if (!header.empty()) headers.emplace("X-IDENTITY-HEADER", header);
+    return MiClient()->Get("/msi/token", params, headers);
+  }
+
+  static void ExpectAzureError(const httplib::Result& res, int status, const std::string& error,
+                               const std::string& description = "") {
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, status) << res->body;
+    json body = Parse(res->body);
+    EXPECT_EQ(body["error"], error) << res->body;
+    EXPECT_TRUE(body["error_description"].is_string()) << res->body;
+    if (!description.empty()) {
+      EXPECT_EQ(body["error_description"], description);
+    }
+  }
+};
+
+TEST_F(SandboxTest, ManagedIdentityIsOffByDefault) {
+  EXPECT_EQ(sandbox_->imds_base_url(), "");
+  EXPECT_EQ(sandbox_->identity_endpoint(), "");
+  EXPECT_EQ(sandbox_->identity_header(), "");
+  EXPECT_EQ(sandbox_->ManagedIdentityRequests(), 0);
+  EXPECT_FALSE(SandboxOptions().managed_identity);
+}
+
+TEST_F(ManagedIdentityTest, ImdsNeedsTheMetadataHeaderAndAnswersStrings) {
+  ExpectAzureError(Imds(ImdsParams(), /*metadata=*/false), 400, "invalid_request",
+                   "Required metadata header not specified");
+  const int64_t before = absl::ToUnixSeconds(absl::Now());
+  httplib::Result res = Imds(ImdsParams());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json body = Parse(res->body);
+  for (const char* key : {"access_token", "client_id", "expires_in", "expires_on", "ext_expires_in",
+                          "not_before", "resource", "token_type"}) {
+    EXPECT_TRUE(body[key].is_string()) << key << ": " << res->body;
+  }
+  EXPECT_EQ(body["client_id"], kSystemAssignedClientId);
+  EXPECT_EQ(body["expires_in"], "3599");
+  EXPECT_EQ(body["resource"], kMiResource);
+  EXPECT_EQ(body["token_type"], "Bearer");
+  int64_t expires_on = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(body["expires_on"].get<std::string>(), &expires_on));
+  EXPECT_GE(expires_on, before + 3599);
+  EXPECT_LE(expires_on, before + 3600 + 60);
+
+  // The token works for the API, bound to the managed identity's tenant.
+  const std::string token = body["access_token"].get<std::string>();
+  httplib::Result api = Get(token, "/api/machines");
+  ASSERT_TRUE(api);
+  EXPECT_EQ(api->status, 200);
+  std::vector<RecordedRequest> requests = sandbox_->Requests();
+  ASSERT_EQ(requests.size(), 3u);
+  EXPECT_EQ(requests[0].path, "/metadata/identity/oauth2/token");
+  EXPECT_EQ(requests[0].Header("Metadata"), "");
+  EXPECT_EQ(requests[1].Header("Metadata"), "true");
+  EXPECT_EQ(requests[2].token_tenant, kMiTenant);
+  EXPECT_EQ(requests[2].token_client_id, kSystemAssignedClientId);
+  EXPECT_EQ(sandbox_->ManagedIdentityRequests(), 2);
+  EXPECT_EQ(sandbox_->TokenRequests(), 0);
+}
+
+TEST_F(ManagedIdentityTest, UserAssignedIdentitiesAndBadRequests) {
+  httplib::Params params = ImdsParams();
+  params.emplace("client_id", kUserAssigned);
+  httplib::Result res = Imds(params);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(Parse(res->body)["client_id"], kUserAssigned);
+  sandbox_->ClearRequests();
+  ASSERT_TRUE(Get(Parse(res->body)["access_token"].get<std::string>(), "/api/machines"));
+  EXPECT_EQ(sandbox_->Requests()[0].token_client_id, kUserAssigned);
+  EXPECT_EQ(sandbox_->Requests()[0].token_tenant, kMiTenant);
+
+  params = ImdsParams();
+  params.emplace("client_id", "99999999-0000-4000-8000-999999999999");
+  ExpectAzureError(Imds(params), 400, "invalid_request", "Identity not found");
+  params = ImdsParams();
+  params.emplace("object_id", kUserAssigned);
+  ExpectAzureError(Imds(params), 400, "invalid_request", "Identity not found");
+  ExpectAzureError(Imds({{"api-version", "2018-02-01"}, {"resource", kScope}}), 400,
+                   "invalid_resource");
+  ExpectAzureError(
+      Imds({{"api-version", "2018-02-01"}, {"resource", "https://graph.microsoft.com"}}), 400,
+      "invalid_resource");
+  ExpectAzureError(Imds({{"api-version", "2018-02-01"}}), 400, "invalid_request");
+  ExpectAzureError(Imds({{"resource", kMiResource}}), 400, "invalid_request");
+  ExpectAzureError(MiClient()->Get("/elsewhere"), 404, "not_found");
+  EXPECT_EQ(sandbox_->ManagedIdentityRequests(), 8);
+}
+
+TEST_F(ManagedIdentityTest, AppServiceNeedsTheIdentityHeader) {
+  EXPECT_EQ(sandbox_->identity_endpoint(), absl::StrCat(sandbox_->imds_base_url(), "/msi/token"));
+  const std::string header = sandbox_->identity_header();
+  EXPECT_GE(header.size(), 16u);
+  const httplib::Params params = {{"resource", kMiResource}, {"api-version", "2019-08-01"}};
+  ExpectAzureError(AppService(params, ""), 401, "unauthorized");
+  ExpectAzureError(AppService(params, "wrong"), 401, "unauthorized");
+  ExpectAzureError(AppService({{"resource", kMiResource}, {"api-version", "2017-09-01"}}, header),
+                   400, "invalid_request");
+  httplib::Result res = AppService(params, header);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json body = Parse(res->body);
+  EXPECT_TRUE(body["access_token"].is_string());
+  EXPECT_TRUE(body["expires_on"].is_string());
+  EXPECT_EQ(body["resource"], kMiResource);
+  EXPECT_EQ(body["token_type"], "Bearer");
+  EXPECT_EQ(body["client_id"], kSystemAssignedClientId);
+  EXPECT_FALSE(body.contains("expires_in"));
+  httplib::Params user = params;
+  user.emplace("client_id", kUserAssigned);
+  httplib::Result user_res = AppService(user, header);
+  ASSERT_TRUE(user_res);
+  EXPECT_EQ(Parse(user_res->body)["client_id"], kUserAssigned);
+  httplib::Result api = Get(body["access_token"].get<std::string>(), "/api/machines");
+  ASSERT_TRUE(api);
+  EXPECT_EQ(api->status, 200);
+  // The managed identity's tokens expire like the others.
+  sandbox_->ExpireAllTokens();
+  ExpectDefenderError(Get(body["access_token"].get<std::string>(), "/api/machines"), 401,
+                      "Unauthorized");
+}
+
+TEST_F(ManagedIdentityTest, FaultsApplyToTheManagedIdentityEndpoints) {
+  FaultRule throttle;
+  throttle.path_regex = "^/metadata/identity/";
+  throttle.status = 429;
+  throttle.retry_after = "3";
+  sandbox_->AddFault(throttle);
+  httplib::Result res = Imds(ImdsParams());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 429);
+  EXPECT_EQ(res->get_header_value("Retry-After"), "3");
+  EXPECT_TRUE(Parse(res->body)["error"].is_string()) << res->body;
+  res = Imds(ImdsParams());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << "the fault was used up";
+
+  FaultRule drop;
+  drop.path_regex = "^/msi/token$";
+  drop.kind = FaultRule::Kind::kDropConnection;
+  drop.times = 2;
+  sandbox_->AddFault(drop);
+  res = AppService({{"resource", kMiResource}, {"api-version", "2019-08-01"}},
+                   sandbox_->identity_header());
+  EXPECT_FALSE(res) << "got an answer: " << res->status;
+
+  FaultRule malformed;
+  malformed.path_regex = "^/metadata/";
+  malformed.kind = FaultRule::Kind::kMalformedBody;
+  sandbox_->AddFault(malformed);
+  res = Imds(ImdsParams());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_TRUE(Parse(res->body).is_discarded());
+
+  EXPECT_EQ(sandbox_->CountRequests("GET", "^/metadata/identity/oauth2/token$"), 3);
+  EXPECT_GE(sandbox_->CountRequests("GET", "^/msi/token$"), 1);
+  EXPECT_EQ(sandbox_->ManagedIdentityRequests(), sandbox_->CountRequests("", "^/(metadata|msi)/"));
+  sandbox_->Reset();
+  EXPECT_EQ(sandbox_->ManagedIdentityRequests(), 0);
 }
 
 }  // namespace

@@ -158,9 +158,9 @@ absl::StatusOr<AppEntry> MakeAppEntry(SandboxApp app) {
     X509* cert = bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr;
     ERR_clear_error();
     if (cert == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("the certificate_pem of app ", app.client_id, " in tenant ", app.tenant_id,
-                       " is not a PEM X.509 certificate"));
+      return absl::InvalidArgumentError(absl::StrCat("the certificate_pem of app ", app.client_id,
+                                                     " in tenant ", app.tenant_id,
+                                                     " is not a PEM X.509 certificate"));
     }
     e.cert.reset(cert, &X509_free);
     unsigned char* der = nullptr;
@@ -194,8 +194,8 @@ bool ParseJwt(const std::string& text, ParsedJwt* out) {
   }
   std::string header, payload;
   if (!absl::WebSafeBase64Unescape(absl::string_view(text).substr(0, first), &header) ||
-      !absl::WebSafeBase64Unescape(
-          absl::string_view(text).substr(first + 1, second - first - 1), &payload) ||
+      !absl::WebSafeBase64Unescape(absl::string_view(text).substr(first + 1, second - first - 1),
+                                   &payload) ||
       !absl::WebSafeBase64Unescape(absl::string_view(text).substr(second + 1), &out->signature)) {
     return false;
   }
@@ -212,8 +212,7 @@ bool VerifyRsaSha256(X509* cert, bool pss, absl::string_view signing_input,
   EVP_PKEY* key = X509_get0_pubkey(cert);
   bool ok = false;
   if (key != nullptr && EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA) {
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                                &EVP_MD_CTX_free);
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
     EVP_PKEY_CTX* pctx = nullptr;
     ok = ctx && EVP_DigestVerifyInit(ctx.get(), &pctx, EVP_sha256(), nullptr, key) == 1;
     if (ok && pss) {
@@ -663,8 +662,8 @@ class Sandbox::Impl {
   std::thread listener_;
   int port_ = 0;
   std::string base_url_;
-  std::vector<Route> routes_;  // immutable once the server runs
-  std::string mi_tenant_;      // managed identity tokens' tenant
+  std::vector<Route> routes_;                   // immutable once the server runs
+  std::string mi_tenant_;                       // managed identity tokens' tenant
   std::unique_ptr<httplib::Server> mi_server_;  // null = managed identity off
   std::thread mi_listener_;
   int mi_port_ = 0;
@@ -680,7 +679,8 @@ class Sandbox::Impl {
   int mi_requests_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<AppEntry> apps_ ABSL_GUARDED_BY(mu_);  // registration order
   std::vector<AssertionCheck> assertion_checks_ ABSL_GUARDED_BY(mu_);
-  std::set<std::pair<std::string, std::string>> seen_jtis_ ABSL_GUARDED_BY(mu_);  // client, jti
+  // (lowercase client id, jti) of every accepted certificate assertion.
+  std::set<std::pair<std::string, std::string>> seen_jtis_ ABSL_GUARDED_BY(mu_);
   std::vector<Action> actions_ ABSL_GUARDED_BY(mu_);  // creation order
   // Admitted calls per (client id, api), oldest first, within the longest
   // enabled rate window.
@@ -884,8 +884,7 @@ bool Sandbox::Impl::SleepUnlessStopping(absl::Duration d) {
 // ---------------------------------------------------------------------------
 // Dispatch, recording and faults.
 
-void Sandbox::Impl::Handle(const httplib::Request& req, httplib::Response& res,
-                           Endpoint endpoint) {
+void Sandbox::Impl::Handle(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
   if (endpoint == Endpoint::kMain && absl::StartsWith(req.path, "/sandbox/")) {
     HandleControl(req, res);
     return;
@@ -1407,8 +1406,7 @@ void Sandbox::Impl::Token(const httplib::Request& req, httplib::Response& res,
         absl::StrCat("The request body must contain the following parameter: '", key, "'."));
   };
   // Find the app (a copy: apps may change while the request runs).
-  auto find_app = [this, &tenant](const std::string* client_id, bool* tenant_known,
-                                  AppEntry* app) {
+  auto find_app = [this, &tenant](const std::string* client_id, bool* tenant_known, AppEntry* app) {
     absl::MutexLock lock(&mu_);
     bool found = false;
     for (const AppEntry& e : apps_) {
@@ -1579,11 +1577,10 @@ bool Sandbox::Impl::CheckClientAssertion(const httplib::Request& req, httplib::R
                                          " must carry the certificate thumbprint ", kind, "."));
   }
   if (!app.cert) {
-    return finish(kInvalid,
-                  absl::StrCat("The certificate with identifier used to sign the client "
-                               "assertion is not registered on application. [Reason - No "
-                               "certificate is registered on app '",
-                               app.app.client_id, "'.]"));
+    return finish(kInvalid, absl::StrCat("The certificate with identifier used to sign the client "
+                                         "assertion is not registered on application. [Reason - No "
+                                         "certificate is registered on app '",
+                                         app.app.client_id, "'.]"));
   }
   // Every thumbprint the header carries must name the registered certificate.
   for (const auto& [key, expected] :
@@ -1592,13 +1589,13 @@ bool Sandbox::Impl::CheckClientAssertion(const httplib::Request& req, httplib::R
     const json& value = jwt.header[key];
     if (!value.is_string() ||
         absl::StripSuffix(value.get<std::string>(), "=") != absl::StripSuffix(*expected, "=")) {
-      return finish(kInvalid,
-                    absl::StrCat("The certificate with identifier used to sign the client "
-                                 "assertion is not registered on application. [Reason - The key "
-                                 "was not found. Thumbprint (",
-                                 key, ") of key used by client: ",
-                                 value.is_string() ? Quote(value.get<std::string>()) : "invalid",
-                                 ".]"));
+      return finish(
+          kInvalid,
+          absl::StrCat("The certificate with identifier used to sign the client "
+                       "assertion is not registered on application. [Reason - The key "
+                       "was not found. Thumbprint (",
+                       key, ") of key used by client: ",
+                       value.is_string() ? Quote(value.get<std::string>()) : "invalid", ".]"));
     }
   }
   check.signature_ok = VerifyRsaSha256(app.cert.get(), pss, jwt.signing_input, jwt.signature);
@@ -1607,14 +1604,15 @@ bool Sandbox::Impl::CheckClientAssertion(const httplib::Request& req, httplib::R
   }
   // aud: the token URL exactly as the client used it.
   const std::string host = req.get_header_value("Host");
-  const std::vector<std::string> audiences = {
-      absl::StrCat("https://", host, req.path), absl::StrCat(base_url_, req.path)};
+  const std::vector<std::string> audiences = {absl::StrCat("https://", host, req.path),
+                                              absl::StrCat(base_url_, req.path)};
   const json& aud = jwt.payload.contains("aud") ? jwt.payload["aud"] : json();
   auto accepted_aud = [&audiences](const json& a) {
     return a.is_string() &&
            std::find(audiences.begin(), audiences.end(), a.get<std::string>()) != audiences.end();
   };
-  if (!(accepted_aud(aud) || (aud.is_array() && std::any_of(aud.begin(), aud.end(), accepted_aud)))) {
+  if (!(accepted_aud(aud) ||
+        (aud.is_array() && std::any_of(aud.begin(), aud.end(), accepted_aud)))) {
     return finish(kInvalid,
                   absl::StrCat("The audience claim of the client assertion, ", Quote(check.aud),
                                ", is not the token endpoint ", Quote(audiences.back()), "."));
@@ -1671,9 +1669,9 @@ void Sandbox::Impl::ManagedIdentityToken(const httplib::Request& req, httplib::R
                                       ": use /metadata/identity/oauth2/token or /msi/token."));
   }
   if (req.method != "GET") {
-    return SetAzureError(res, 405, "invalid_request",
-                         absl::StrCat("The managed identity endpoint does not support ",
-                                      req.method, "; use GET."));
+    return SetAzureError(
+        res, 405, "invalid_request",
+        absl::StrCat("The managed identity endpoint does not support ", req.method, "; use GET."));
   }
   if (imds) {
     if (!absl::EqualsIgnoreCase(req.get_header_value("Metadata"), "true")) {

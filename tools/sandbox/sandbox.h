@@ -213,8 +213,8 @@ struct RecordedRequest {
 
 // FaultRule changes how the sandbox answers matching requests. Rules are tried
 // in the order they were added, for every request except /sandbox/* control
-// calls (token requests and managed identity requests included); the first rule that matches and has hits
-// left applies, and uses up one hit.
+// calls (token requests and managed identity requests included); the first rule that matches and
+// has hits left applies, and uses up one hit.
 struct FaultRule {
   std::string method;       // "" = any; else compared exactly ("POST")
   std::string path_regex;   // std::regex_search on the decoded path; "" = any.
