@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "adapters/common/error.h"
+#include "server/config_file.h"
 #include "server/flags.h"
 
 namespace defender {
@@ -18,6 +19,7 @@ namespace {
 struct RawSettings {
   std::string listen = "127.0.0.1:50051";
   std::string port_file;
+  std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
   std::string authority_host, region, api_url, scope, ca_file;
   int default_timeout_seconds = 0;
@@ -30,6 +32,8 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
   flags.AddString("listen", &raw.listen, "address to serve gRPC on", "HOST:PORT");
   flags.AddString("port-file", &raw.port_file,
                   "write the bound port to FILE once serving (for --listen HOST:0)", "FILE");
+  flags.AddString("config", &raw.config_file,
+                  "tenants from this JSON file (DEFENDER_CONFIG_FILE); see README", "FILE");
   flags.AddString("tenant-id", &raw.tenant_id, "Entra tenant id (AZURE_TENANT_ID)", "ID");
   flags.AddString("client-id", &raw.client_id, "app (client) id (AZURE_CLIENT_ID)", "ID");
   flags.AddString("client-secret", &raw.client_secret,
@@ -78,6 +82,20 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
 }
 
 }  // namespace
+
+const char* KindName(CredentialConfig::Kind kind) {
+  switch (kind) {
+    case CredentialConfig::Kind::kClientSecret:
+      return "client secret";
+    case CredentialConfig::Kind::kClientCertificate:
+      return "client certificate";
+    case CredentialConfig::Kind::kWorkloadIdentity:
+      return "workload identity";
+    case CredentialConfig::Kind::kManagedIdentity:
+      return "managed identity";
+  }
+  return "unknown";
+}
 
 EnvLookup ProcessEnvironment() {
   return [](const std::string& name) -> absl::optional<std::string> {
@@ -159,23 +177,34 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError(absl::StrCat("DEFENDER_CA_FILE (--ca-file): cannot read ", config.ca_file));
   }
 
+  config.config_file = Pick(raw.config_file, env, "DEFENDER_CONFIG_FILE");
+  if (!config.config_file.empty()) {
+    absl::StatusOr<ConfigFileContents> file = ReadConfigFile(config.config_file, env);
+    if (!file.ok()) return file.status();
+    config.tenants = std::move(file->tenants);
+    return config;
+  }
+
   TenantConfig tenant;
   tenant.name = kDefaultTenantName;
   tenant.tenant_id = Pick(raw.tenant_id, env, "AZURE_TENANT_ID");
-  tenant.client_id = Pick(raw.client_id, env, "AZURE_CLIENT_ID");
+  CredentialConfig secret;
+  secret.kind = CredentialConfig::Kind::kClientSecret;
+  secret.client_id = Pick(raw.client_id, env, "AZURE_CLIENT_ID");
   if (!raw.client_secret_file.empty()) {
-    absl::StatusOr<std::string> secret = ReadSecretFile(raw.client_secret_file);
-    if (!secret.ok()) return secret.status();
-    tenant.client_secret = *std::move(secret);
+    absl::StatusOr<std::string> value = ReadSecretFile(raw.client_secret_file);
+    if (!value.ok()) return value.status();
+    secret.client_secret = *std::move(value);
   } else {
-    tenant.client_secret = Pick(raw.client_secret, env, "AZURE_CLIENT_SECRET");
+    secret.client_secret = Pick(raw.client_secret, env, "AZURE_CLIENT_SECRET");
   }
   if (tenant.tenant_id.empty()) return ConfigError("AZURE_TENANT_ID (--tenant-id) is not set");
-  if (tenant.client_id.empty()) return ConfigError("AZURE_CLIENT_ID (--client-id) is not set");
-  if (tenant.client_secret.empty()) {
+  if (secret.client_id.empty()) return ConfigError("AZURE_CLIENT_ID (--client-id) is not set");
+  if (secret.client_secret.empty()) {
     return ConfigError(
         "AZURE_CLIENT_SECRET (--client-secret or --client-secret-file) is not set");
   }
+  tenant.credentials.push_back(std::move(secret));
 
   region::EndpointSettings endpoint_settings;
   endpoint_settings.region = Pick(raw.region, env, "DEFENDER_REGION");

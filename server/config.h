@@ -20,6 +20,8 @@
 //   DEFENDER_RATE_PER_MINUTE --rate-per-minute   requests per minute per tenant and
 //                                                API (default 100; 0 = no limit)
 //   DEFENDER_RATE_PER_HOUR   --rate-per-hour     the same per hour (default 1500)
+//   DEFENDER_CONFIG_FILE   --config FILE         tenants from a file (config_file.h);
+//                                                then the AZURE_* tenant settings are unused
 //   (flag only)            --listen HOST:PORT    default 127.0.0.1:50051
 //   (flag only)            --shutdown-grace-seconds  in-flight calls' time at SIGTERM
 //   (flag only)            --port-file FILE      write the bound port there once serving
@@ -43,13 +45,31 @@ namespace defender {
 // empty `tenant` in a request means this one.
 inline constexpr char kDefaultTenantName[] = "default";
 
+// CredentialConfig is one way of getting a tenant's tokens.
+struct CredentialConfig {
+  enum class Kind { kClientSecret, kClientCertificate, kWorkloadIdentity, kManagedIdentity };
+  Kind kind = Kind::kClientSecret;
+  std::string client_id;             // the app registration (or user-assigned identity)
+  std::string client_secret;         // kClientSecret; never logged
+  std::string certificate_path;      // kClientCertificate: PEM with key and certificate
+  std::string certificate_password;  // kClientCertificate, for an encrypted key; never logged
+  std::string signing_algorithm = "PS256";  // kClientCertificate: "PS256" or "RS256"
+  std::string token_file;            // kWorkloadIdentity: the federated token file
+};
+
+// KindName names a credential kind for messages ("client secret", ...).
+const char* KindName(CredentialConfig::Kind kind);
+
 // TenantConfig is one Defender tenant the plugin acts on.
 struct TenantConfig {
-  std::string name;           // what requests put in `tenant`
-  std::string tenant_id;      // the Entra tenant
-  std::string client_id;      // the app registration
-  std::string client_secret;  // never logged
+  std::string name;       // what requests put in `tenant`
+  std::string tenant_id;  // the Entra tenant ("" only with a managed identity)
+  // Tried in order; the first that gives a token is kept (a chain of one
+  // when the tenant comes from a config file).
+  std::vector<CredentialConfig> credentials;
   region::Endpoints endpoints;
+  int rate_per_minute = -2;  // -2: the plugin's; 0: off; else this tenant's
+  int rate_per_hour = -2;
 };
 
 // PluginConfig is everything the server needs to start.
@@ -63,6 +83,7 @@ struct PluginConfig {
   int rate_per_hour = 1500;
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::vector<TenantConfig> tenants;  // tenants[0] is the default tenant
+  std::string config_file;            // --config: where tenants came from ("" = environment)
 };
 
 // EnvLookup returns an environment variable's value, or nullopt when unset.

@@ -2,8 +2,10 @@
 //
 //   AZURE_TENANT_ID=... AZURE_CLIENT_ID=... AZURE_CLIENT_SECRET=... defender-plugin
 //
-// Configuration: server/config.h (flags and environment). SIGTERM or SIGINT:
-// stop accepting, let in-flight calls finish (bounded), exit 0.
+// Configuration: server/config.h (flags, environment, --config file). SIGHUP:
+// read the configuration again and swap in its tenants without dropping calls
+// (a bad new configuration keeps the running one and says why). SIGTERM or
+// SIGINT: stop accepting, let in-flight calls finish (bounded), exit 0.
 #include <signal.h>
 
 #include <fstream>
@@ -20,6 +22,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   // Configuration: flags and environment, validated once.
@@ -51,9 +54,21 @@ int main(int argc, char** argv) {
     std::ofstream(config->port_file) << (*server)->port() << "\n";
   }
 
-  // Wait for SIGTERM/SIGINT, then drain.
+  // Wait for SIGTERM/SIGINT, then drain; SIGHUP reloads.
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&stop_signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    absl::StatusOr<defender::PluginConfig> reloaded =
+        defender::LoadConfig(argc, argv, defender::ProcessEnvironment());
+    absl::Status swapped = reloaded.ok() ? (*server)->Reload(*reloaded) : reloaded.status();
+    if (swapped.ok()) {
+      std::string names;
+      for (const auto& tenant : reloaded->tenants) absl::StrAppend(&names, " ", tenant.name);
+      defender::Log("INFO", absl::StrCat("SIGHUP: configuration reloaded; tenants:", names));
+    } else {
+      defender::Log("ERROR", absl::StrCat("SIGHUP: reload refused, keeping the running "
+                                          "configuration: ", swapped.message()));
+    }
+  }
   defender::Log("INFO", absl::StrCat("signal ", signal_number, ": draining for at most ",
                                      absl::FormatDuration(config->shutdown_grace)));
   (*server)->Shutdown(config->shutdown_grace);

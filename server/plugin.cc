@@ -1,65 +1,121 @@
 #include "server/plugin.h"
 
+#include "absl/strings/str_cat.h"
 #include "adapters/auth/client_secret_credential.h"
 #include "adapters/auth/token_cache.h"
+#include "adapters/common/error.h"
 #include "adapters/defender/rest_defender_client.h"
 #include "adapters/http/curl_transport.h"
-#include "server/rate_limiter.h"
 
 namespace defender {
 
-absl::StatusOr<std::unique_ptr<Plugin>> Plugin::Create(const PluginConfig& config) {
-  std::unique_ptr<Plugin> plugin(new Plugin());
-  plugin->scheduler_ = std::make_unique<TimerThread>();
-  plugin->limiter_ = std::make_unique<SlidingWindowLimiter>(
-      RateLimits{config.rate_per_minute, config.rate_per_hour}, *plugin->scheduler_);
+absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const PluginConfig& config) {
+  std::unique_ptr<PluginRuntime> runtime(new PluginRuntime());
+  runtime->scheduler_ = std::make_unique<TimerThread>();
   http::CurlTransportOptions transport_options;
   transport_options.ca_file = config.ca_file;
   absl::StatusOr<std::unique_ptr<http::CurlTransport>> transport =
       http::CurlTransport::Create(transport_options);
   if (!transport.ok()) return transport.status();
-  plugin->transport_ = *std::move(transport);
+  runtime->transport_ = *std::move(transport);
+  return runtime;
+}
 
+PluginRuntime::~PluginRuntime() {
+  // Limiters first (they use the timers and complete their waiters), then
+  // the timers, then the transport (a timer task may still be sending).
+  {
+    absl::MutexLock lock(&mu_);
+    budgets_.clear();
+  }
+  scheduler_.reset();
+  transport_.reset();
+}
+
+std::shared_ptr<RateLimiter> PluginRuntime::Budget(const std::string& name, RateLimits limits) {
+  absl::MutexLock lock(&mu_);
+  BudgetEntry& entry = budgets_[name];
+  if (entry.limiter == nullptr || entry.limits.per_minute != limits.per_minute ||
+      entry.limits.per_hour != limits.per_hour) {
+    entry.limits = limits;
+    entry.limiter = std::make_shared<SlidingWindowLimiter>(limits, *scheduler_);
+  }
+  return entry.limiter;
+}
+
+absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
+    const TenantConfig& tenant, PluginRuntime& runtime) {
+  if (tenant.credentials.empty()) {
+    return MakeError(absl::StatusCode::kInvalidArgument,
+                     absl::StrCat("tenant '", tenant.name, "' has no credential"),
+                     "INVALID_CONFIGURATION", {{"tenant", tenant.name}});
+  }
+  const CredentialConfig& credential = tenant.credentials.front();
+  switch (credential.kind) {
+    case CredentialConfig::Kind::kClientSecret: {
+      auth::ClientSecretCredentialOptions options;
+      options.authority_host = tenant.endpoints.authority_host;
+      options.tenant_id = tenant.tenant_id;
+      options.client_id = credential.client_id;
+      options.client_secret = credential.client_secret;
+      auto secret = auth::ClientSecretCredential::Create(options, runtime.transport(),
+                                                         Clock::Real(), &runtime.scheduler());
+      if (!secret.ok()) return secret.status();
+      return std::unique_ptr<auth::TokenCredential>(*std::move(secret));
+    }
+    default:
+      break;
+  }
+  return MakeError(absl::StatusCode::kUnimplemented,
+                   absl::StrCat("tenant '", tenant.name, "': the ", KindName(credential.kind),
+                                " credential is not available in this build"),
+                   "CREDENTIAL_NOT_AVAILABLE", {{"tenant", tenant.name}});
+}
+
+absl::StatusOr<std::shared_ptr<Plugin>> Plugin::Create(const PluginConfig& config,
+                                                       PluginRuntime& runtime) {
+  std::shared_ptr<Plugin> plugin(new Plugin());
   for (const TenantConfig& tenant : config.tenants) {
-    auth::ClientSecretCredentialOptions options;
-    options.authority_host = tenant.endpoints.authority_host;
-    options.tenant_id = tenant.tenant_id;
-    options.client_id = tenant.client_id;
-    options.client_secret = tenant.client_secret;
-    absl::StatusOr<std::unique_ptr<auth::ClientSecretCredential>> secret =
-        auth::ClientSecretCredential::Create(options, *plugin->transport_, Clock::Real(),
-                                             plugin->scheduler_.get());
-    if (!secret.ok()) return secret.status();
+    absl::StatusOr<std::unique_ptr<auth::TokenCredential>> credential =
+        BuildCredential(tenant, runtime);
+    if (!credential.ok()) {
+      absl::Status error = credential.status();
+      AddErrorMetadata(error, "tenant", tenant.name);
+      return error;
+    }
     Tenant entry;
-    entry.credential = std::make_unique<auth::CachingTokenCredential>(*std::move(secret));
+    RateLimits limits{config.rate_per_minute, config.rate_per_hour};
+    if (tenant.rate_per_minute != -2) limits.per_minute = tenant.rate_per_minute;
+    if (tenant.rate_per_hour != -2) limits.per_hour = tenant.rate_per_hour;
+    entry.budget = runtime.Budget(tenant.name, limits);
+    // Each tenant has its own token cache: a token of one tenant is never
+    // sent for another.
+    entry.credential = std::make_unique<auth::CachingTokenCredential>(*std::move(credential));
     api::RestDefenderClientOptions client_options;
     client_options.api_base_url = tenant.endpoints.api_base_url;
     client_options.scope = tenant.endpoints.scope;
     client_options.tenant = tenant.name;
-    client_options.limiter = plugin->limiter_.get();
-    client_options.scheduler = plugin->scheduler_.get();
+    client_options.limiter = entry.budget.get();
+    client_options.scheduler = &runtime.scheduler();
     entry.client = std::make_unique<api::RestDefenderClient>(client_options, *entry.credential,
-                                                             *plugin->transport_);
+                                                             runtime.transport());
     if (plugin->default_tenant_.empty()) plugin->default_tenant_ = tenant.name;
+    plugin->names_.push_back(tenant.name);
     plugin->tenants_.emplace(tenant.name, std::move(entry));
   }
   return plugin;
 }
 
-Plugin::~Plugin() {
-  // By now the gRPC server has shut down, which waits for every call to
-  // finish (cancelled calls stop their waits and requests). The limiter goes
-  // first as it uses the timers; the transport last, as a timer task may still
-  // be sending (its requests then complete with CANCELLED while the clients
-  // and credentials are alive).
-  limiter_.reset();
-  scheduler_.reset();
-  transport_.reset();
+Plugin::~Plugin() = default;
+
+std::shared_ptr<api::DefenderClient> Plugin::Find(absl::string_view name) const {
+  auto it = tenants_.find(name.empty() ? absl::string_view(default_tenant_) : name);
+  if (it == tenants_.end()) return nullptr;
+  // Shares ownership of this Plugin: a call holding the client keeps its
+  // tenant's credential and budget alive across a reload.
+  return std::shared_ptr<api::DefenderClient>(shared_from_this(), it->second.client.get());
 }
 
-api::DefenderClient* Plugin::Find(absl::string_view name) const {
-  auto it = tenants_.find(name.empty() ? absl::string_view(default_tenant_) : name);
-  return it == tenants_.end() ? nullptr : it->second.client.get();
-}
+std::vector<std::string> Plugin::Names() const { return names_; }
 
 }  // namespace defender

@@ -1,9 +1,15 @@
-// plugin.h: the object graph behind the service: one timer thread, one rate
-// limiter (a budget per tenant and API), one HTTPS transport, and per
-// configured tenant a cached token credential and a Defender client.
+// plugin.h: the object graph behind the service.
 //
-//   absl::StatusOr<std::unique_ptr<Plugin>> plugin = Plugin::Create(config);
-//   ResponseServiceImpl service((*plugin)->tenants(), config.default_timeout);
+// PluginRuntime lives as long as the process serves: one timer thread, one
+// HTTPS transport, and the rate budgets (one limiter per tenant, kept across
+// configuration reloads so a reload never resets a budget). A Plugin is built
+// from one configuration: per tenant, a cached token credential and a Defender
+// client. A reload builds a new Plugin; calls in flight keep the old one alive
+// until they finish.
+//
+//   auto runtime = PluginRuntime::Create(config);
+//   auto plugin = Plugin::Create(config, **runtime);
+//   std::shared_ptr<api::DefenderClient> client = (*plugin)->Find("contoso");
 #ifndef DEFENDER_SERVER_PLUGIN_H_
 #define DEFENDER_SERVER_PLUGIN_H_
 
@@ -13,12 +19,14 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "adapters/auth/token_credential.h"
 #include "adapters/common/rate_limiter.h"
 #include "adapters/common/scheduler.h"
 #include "adapters/defender/defender_client.h"
 #include "adapters/http/http_transport.h"
 #include "server/config.h"
+#include "server/rate_limiter.h"
 
 namespace defender {
 
@@ -26,34 +34,72 @@ namespace defender {
 class TenantDirectory {
  public:
   virtual ~TenantDirectory() = default;
-  // Find returns the client for `name` ("" = the default tenant), or nullptr
-  // when no tenant has that name.
-  virtual api::DefenderClient* Find(absl::string_view name) const = 0;
+  // Find returns the client for `name` ("" = the default tenant), or null
+  // when no tenant has that name. The pointer keeps what the client needs
+  // alive for as long as it is held.
+  virtual std::shared_ptr<api::DefenderClient> Find(absl::string_view name) const = 0;
 };
 
-// Plugin owns the transport, credentials and clients built from a config.
-class Plugin final : public TenantDirectory {
+// PluginRuntime is what outlives configuration reloads. Thread-safe.
+class PluginRuntime {
  public:
-  // Create builds everything; a configuration the adapters refuse (a bad URL,
-  // an unreadable CA file) is INVALID_ARGUMENT.
-  static absl::StatusOr<std::unique_ptr<Plugin>> Create(const PluginConfig& config);
+  // Create starts the timer thread and the transport (trusting
+  // config.ca_file).
+  static absl::StatusOr<std::unique_ptr<PluginRuntime>> Create(const PluginConfig& config);
+  ~PluginRuntime();
+
+  Scheduler& scheduler() { return *scheduler_; }
+  http::HttpTransport& transport() { return *transport_; }
+
+  // Budget returns the limiter of tenant `name` with `limits`: the same one
+  // for the same name and limits, across reloads.
+  std::shared_ptr<RateLimiter> Budget(const std::string& name, RateLimits limits);
+
+ private:
+  PluginRuntime() = default;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<http::HttpTransport> transport_;
+  absl::Mutex mu_;
+  struct BudgetEntry {
+    RateLimits limits;
+    std::shared_ptr<RateLimiter> limiter;
+  };
+  std::map<std::string, BudgetEntry> budgets_ ABSL_GUARDED_BY(mu_);
+};
+
+// Plugin holds one configuration's tenants. Immutable once built.
+class Plugin final : public TenantDirectory,
+                     public std::enable_shared_from_this<Plugin> {
+ public:
+  // Create builds a credential and a client per tenant; a configuration the
+  // adapters refuse (a bad URL, an unreadable certificate) is an error naming
+  // the tenant. `runtime` must outlive the Plugin.
+  static absl::StatusOr<std::shared_ptr<Plugin>> Create(const PluginConfig& config,
+                                                        PluginRuntime& runtime);
   ~Plugin() override;
 
-  api::DefenderClient* Find(absl::string_view name) const override;
+  std::shared_ptr<api::DefenderClient> Find(absl::string_view name) const override;
+
+  // Names lists the tenants, the default first.
+  std::vector<std::string> Names() const;
 
  private:
   struct Tenant {
+    std::shared_ptr<RateLimiter> budget;
     std::unique_ptr<auth::TokenCredential> credential;
     std::unique_ptr<api::DefenderClient> client;
   };
   Plugin() = default;
 
-  std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<RateLimiter> limiter_;
-  std::unique_ptr<http::HttpTransport> transport_;
   std::string default_tenant_;
+  std::vector<std::string> names_;
   std::map<std::string, Tenant, std::less<>> tenants_;
 };
+
+// BuildCredential makes the TokenCredential a tenant's configuration asks for
+// (a chain when it lists several), without a cache.
+absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
+    const TenantConfig& tenant, PluginRuntime& runtime);
 
 }  // namespace defender
 

@@ -1,6 +1,7 @@
 #include "server/plugin_server.h"
 
 #include <chrono>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "adapters/common/error.h"
@@ -13,12 +14,18 @@ namespace defender {
 
 absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginConfig& config) {
   std::unique_ptr<PluginServer> server(new PluginServer());
-  // The adapters: one transport, and a credential and client per tenant.
-  absl::StatusOr<std::unique_ptr<Plugin>> plugin = Plugin::Create(config);
+  // The adapters: timers, one transport and the budgets; a credential and a
+  // client per tenant.
+  absl::StatusOr<std::unique_ptr<PluginRuntime>> runtime = PluginRuntime::Create(config);
+  if (!runtime.ok()) return runtime.status();
+  server->runtime_ = *std::move(runtime);
+  absl::StatusOr<std::shared_ptr<Plugin>> plugin = Plugin::Create(config, *server->runtime_);
   if (!plugin.ok()) return plugin.status();
-  server->plugin_ = *std::move(plugin);
-  server->service_ =
-      std::make_unique<ResponseServiceImpl>(*server->plugin_, config.default_timeout);
+  {
+    absl::MutexLock lock(&server->mu_);
+    server->plugin_ = *std::move(plugin);
+  }
+  server->service_ = std::make_unique<ResponseServiceImpl>(*server, config.default_timeout);
 
   // Health and reflection, so generic gRPC tools can list, check and call it.
   grpc::EnableDefaultHealthCheckService(true);
@@ -41,14 +48,40 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
 
 PluginServer::~PluginServer() { Shutdown(absl::ZeroDuration()); }
 
+std::shared_ptr<api::DefenderClient> PluginServer::Find(absl::string_view name) const {
+  std::shared_ptr<Plugin> plugin;
+  {
+    absl::MutexLock lock(&mu_);
+    plugin = plugin_;
+  }
+  return plugin == nullptr ? nullptr : plugin->Find(name);
+}
+
+absl::Status PluginServer::Reload(const PluginConfig& config) {
+  absl::StatusOr<std::shared_ptr<Plugin>> plugin = Plugin::Create(config, *runtime_);
+  if (!plugin.ok()) return plugin.status();
+  std::shared_ptr<Plugin> old;
+  {
+    absl::MutexLock lock(&mu_);
+    old = std::exchange(plugin_, *std::move(plugin));
+  }
+  // `old` goes when its last call in flight lets go of it.
+  return absl::OkStatus();
+}
+
 void PluginServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  // Waits for every call: those past the grace are cancelled, which stops
+  // their waits, retries and requests.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  // Calls still waiting on Defender are completed (CANCELLED) by the transport.
-  plugin_.reset();
   server_->Wait();
+  {
+    absl::MutexLock lock(&mu_);
+    plugin_.reset();
+  }
+  runtime_.reset();
 }
 
 }  // namespace defender

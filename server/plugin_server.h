@@ -4,6 +4,7 @@
 //
 //   absl::StatusOr<std::unique_ptr<PluginServer>> server = PluginServer::Start(config);
 //   ... (*server)->port() ...
+//   (*server)->Reload(new_config);       // SIGHUP: new tenants, calls in flight kept
 //   (*server)->Shutdown(absl::Seconds(10));
 #ifndef DEFENDER_SERVER_PLUGIN_SERVER_H_
 #define DEFENDER_SERVER_PLUGIN_SERVER_H_
@@ -11,6 +12,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "server/config.h"
@@ -23,26 +25,37 @@ namespace defender {
 inline constexpr char kServiceName[] = "defender.v1.ResponseService";
 
 // PluginServer owns the plugin's object graph and its gRPC server.
-class PluginServer {
+class PluginServer final : public TenantDirectory {
  public:
   // Start builds the plugin from `config` and starts serving. It fails when the
   // adapters refuse the configuration or the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<PluginServer>> Start(const PluginConfig& config);
 
   // Calls Shutdown(zero) if it has not run.
-  ~PluginServer();
+  ~PluginServer() override;
 
   // port is the bound port (useful with "127.0.0.1:0").
   int port() const { return port_; }
+
+  // Reload swaps in the tenants of `config` (the listen address, CA file and
+  // other process-wide settings keep their start-up values). On an error the
+  // running tenants stay and the error says why. Calls in flight finish with
+  // the tenants they started with; budgets of unchanged tenants carry over.
+  absl::Status Reload(const PluginConfig& config);
 
   // Shutdown marks every service NOT_SERVING, stops accepting calls, lets calls
   // in flight finish for at most `grace`, then cancels the rest. Idempotent.
   void Shutdown(absl::Duration grace);
 
+  // TenantDirectory: the current configuration's tenants.
+  std::shared_ptr<api::DefenderClient> Find(absl::string_view name) const override;
+
  private:
   PluginServer() = default;
 
-  std::unique_ptr<Plugin> plugin_;
+  std::unique_ptr<PluginRuntime> runtime_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<Plugin> plugin_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ResponseServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

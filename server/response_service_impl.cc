@@ -53,8 +53,9 @@ ResponseServiceImpl::ResponseServiceImpl(const TenantDirectory& tenants,
                                          absl::Duration default_timeout, Clock& clock)
     : tenants_(tenants), default_timeout_(default_timeout), clock_(clock) {}
 
-absl::StatusOr<api::DefenderClient*> ResponseServiceImpl::Resolve(const std::string& tenant) const {
-  api::DefenderClient* client = tenants_.Find(tenant);
+absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Resolve(
+    const std::string& tenant) const {
+  std::shared_ptr<api::DefenderClient> client = tenants_.Find(tenant);
   if (client == nullptr) {
     return MakeError(absl::StatusCode::kInvalidArgument,
                      absl::StrCat("tenant '", absl::CHexEscape(tenant.substr(0, 64)), "' is not configured"), "UNKNOWN_TENANT",
@@ -80,7 +81,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
     FinishCall(reactor, "QuarantineFile", details, started, valid);
     return reactor;
   }
-  absl::StatusOr<api::DefenderClient*> client = Resolve(request->tenant());
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "QuarantineFile", details, started, client.status());
     return reactor;
@@ -92,7 +93,9 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
   absl::StrAppend(&details, " machine=", params.machine_id, " sha1=", params.sha1);
   (*client)->StopAndQuarantineFile(
       params, api::CallContext(Deadline(*context), reactor->cancellation()),
-      [reactor, response, details, started](absl::StatusOr<api::MachineAction> action) {
+      // The callback holds the client: a reload cannot take it away mid-call.
+      [reactor, response, details, started, held = *client](
+          absl::StatusOr<api::MachineAction> action) {
         if (action.ok()) {
           ToProto(*action, response->mutable_action());
           FinishCall(reactor, "QuarantineFile",
@@ -114,7 +117,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
     FinishCall(reactor, "GetMachineAction", details, started, valid);
     return reactor;
   }
-  absl::StatusOr<api::DefenderClient*> client = Resolve(request->tenant());
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "GetMachineAction", details, started, client.status());
     return reactor;
@@ -122,7 +125,8 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
   absl::StrAppend(&details, " action=", request->id());
   (*client)->GetMachineAction(
       request->id(), api::CallContext(Deadline(*context), reactor->cancellation()),
-      [reactor, response, details, started](absl::StatusOr<api::MachineAction> action) {
+      [reactor, response, details, started, held = *client](
+          absl::StatusOr<api::MachineAction> action) {
         if (action.ok()) ToProto(*action, response);
         FinishCall(reactor, "GetMachineAction", details, started, action.status());
       });

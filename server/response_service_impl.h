@@ -30,7 +30,7 @@ class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
 
  private:
   // Resolve returns the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
-  absl::StatusOr<api::DefenderClient*> Resolve(const std::string& tenant) const;
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> Resolve(const std::string& tenant) const;
   // Deadline is when the call must be answered.
   absl::Time Deadline(const grpc::CallbackServerContext& context) const;
 

@@ -60,7 +60,7 @@ TEST_F(ConfigTest, FlagsWinOverTheEnvironment) {
   auto config = Load({"--region", "uk", "--listen=0.0.0.0:7000", "--client-id", "other"});
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->tenants[0].endpoints.api_base_url, "https://uk.api.security.microsoft.com");
-  EXPECT_EQ(config->tenants[0].client_id, "other");
+  EXPECT_EQ(config->tenants[0].credentials[0].client_id, "other");
   EXPECT_EQ(config->listen, "0.0.0.0:7000");
 }
 
