@@ -44,6 +44,18 @@
 //   GET /msi/token?resource=..&api-version=2019-08-01[&client_id=..]
 //       App Service / Container Apps; needs `X-IDENTITY-HEADER: identity_header()`
 //
+// They answer like Azure: 200 {"access_token", "expires_on", "resource",
+// "token_type": "Bearer", "client_id"} (IMDS also "expires_in",
+// "ext_expires_in", "not_before"), every number a string; errors are
+// {"error", "error_description"}: 400 invalid_request without the Metadata
+// header ("Required metadata header not specified"), without api-version or
+// resource, or for an unknown identity ("Identity not found"; also for any
+// object_id/msi_res_id/mi_res_id/principal_id); 400 invalid_resource for a
+// resource other than the Defender API's (the token scopes without
+// "/.default", a trailing "/" allowed); 401 unauthorized without the right
+// X-IDENTITY-HEADER. IMDS takes api-version 2018-02-01 or later, App Service
+// only 2019-08-01.
+//
 // Like the real service it rate-limits the API per client and API (see
 // SandboxOptions::rate_per_minute).
 // Its base_url() is both the Defender API base and the login authority host.
@@ -119,6 +131,24 @@ inline constexpr char kSystemAssignedClientId[] = "5a5a5a5a-0000-4000-8000-5a5a5
 // the credentials the token endpoint accepts for it. The same client id may be
 // registered in several tenants (a multi-tenant app); each registration has
 // its own credentials.
+//
+// A client_assertion (client_assertion_type jwt-bearer) is checked like this:
+//  1. Equal to one of federated_tokens: accepted (workload identity).
+//  2. Not a JWT whose header has x5t or x5t#S256, for an app with federated
+//     tokens: 400 invalid_client AADSTS70021 (no matching federated identity
+//     record; e.g. a token file that has rotated since).
+//  3. Otherwise a certificate assertion, 401 invalid_client AADSTS700027 unless:
+//     base64url header.payload.signature (padding optional) with JSON header
+//     and payload; header typ "JWT"; alg RS256 with x5t = base64url(SHA-1(cert
+//     DER)) or PS256 (RSA-PSS, MGF1-SHA-256, salt length 32) with x5t#S256 =
+//     base64url(SHA-256(cert DER)) (every thumbprint present must match);
+//     signed by certificate_pem's key; aud = the token URL as the client used
+//     it, "https://" + Host header + path (or base_url() + path; a string or
+//     an array holding it); iss = sub = client id; jti not empty. Numeric nbf
+//     and exp with nbf <= now + 5 min, exp > now and exp - nbf <= 11 min, else
+//     AADSTS700024 (not within its valid time range). Last, a jti this client
+//     already used in an accepted assertion is a replay: AADSTS700027.
+//     Each such check is listed by Sandbox::AssertionChecks.
 struct SandboxApp {
   std::string tenant_id;      // required; compared case-insensitively
   std::string client_id;      // required; compared case-insensitively
@@ -286,8 +316,9 @@ class Sandbox {
   void ClearFaults();
 
   // Requests returns every request received so far except /sandbox/* control
-  // calls, in arrival order, recorded before faults apply (so dropped ones are
-  // included). ClearRequests forgets them.
+  // calls (those to the managed identity server included), in arrival order,
+  // recorded before faults apply (so dropped ones are included).
+  // ClearRequests forgets them.
   std::vector<RecordedRequest> Requests() const;
   void ClearRequests();
 
