@@ -119,11 +119,17 @@ bool IsHex(absl::string_view s, size_t length) {
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-std::string Digest(const EVP_MD* md, absl::string_view data) {
+// RawDigest returns the binary digest of `data`.
+std::string RawDigest(const EVP_MD* md, absl::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (EVP_Digest(data.data(), data.size(), out, &len, md, nullptr) != 1) std::abort();
-  return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(out), len));
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+// Digest returns the lowercase hex digest of `data`.
+std::string Digest(const EVP_MD* md, absl::string_view data) {
+  return absl::BytesToHexString(RawDigest(md, data));
 }
 
 // ---------------------------------------------------------------------------
@@ -136,14 +142,6 @@ struct AppEntry {
   std::string x5t;             // base64url(SHA-1(cert DER)), unpadded
   std::string x5t_s256;        // base64url(SHA-256(cert DER)), unpadded
 };
-
-// RawDigest returns the binary digest of `data`.
-std::string RawDigest(const EVP_MD* md, absl::string_view data) {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_Digest(data.data(), data.size(), out, &len, md, nullptr) != 1) std::abort();
-  return std::string(reinterpret_cast<char*>(out), len);
-}
 
 // MakeAppEntry loads the app's certificate (if any) and its thumbprints.
 absl::StatusOr<AppEntry> MakeAppEntry(SandboxApp app) {
