@@ -177,6 +177,10 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError(absl::StrCat("DEFENDER_CA_FILE (--ca-file): cannot read ", config.ca_file));
   }
 
+  config.imds_endpoint = Pick("", env, "AZURE_POD_IDENTITY_AUTHORITY_HOST");
+  config.identity_endpoint = Pick("", env, "IDENTITY_ENDPOINT");
+  config.identity_header = Pick("", env, "IDENTITY_HEADER");
+
   config.config_file = Pick(raw.config_file, env, "DEFENDER_CONFIG_FILE");
   if (!config.config_file.empty()) {
     absl::StatusOr<ConfigFileContents> file = ReadConfigFile(config.config_file, env);

@@ -84,6 +84,12 @@ struct PluginConfig {
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::vector<TenantConfig> tenants;  // tenants[0] is the default tenant
   std::string config_file;            // --config: where tenants came from ("" = environment)
+  // Where managed identities get tokens (process-wide, from the environment
+  // Azure sets): AZURE_POD_IDENTITY_AUTHORITY_HOST ("" = http://169.254.169.254),
+  // and App Service / Container Apps' IDENTITY_ENDPOINT and IDENTITY_HEADER.
+  std::string imds_endpoint;
+  std::string identity_endpoint;
+  std::string identity_header;  // never logged
 };
 
 // EnvLookup returns an environment variable's value, or nullopt when unset.

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "adapters/auth/client_secret_credential.h"
+#include "adapters/auth/managed_identity_credential.h"
 #include "adapters/auth/token_cache.h"
 #include "adapters/common/error.h"
 #include "adapters/defender/rest_defender_client.h"
@@ -44,7 +45,7 @@ std::shared_ptr<RateLimiter> PluginRuntime::Budget(const std::string& name, Rate
 }
 
 absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
-    const TenantConfig& tenant, PluginRuntime& runtime) {
+    const TenantConfig& tenant, const PluginConfig& config, PluginRuntime& runtime) {
   if (tenant.credentials.empty()) {
     return MakeError(absl::StatusCode::kInvalidArgument,
                      absl::StrCat("tenant '", tenant.name, "' has no credential"),
@@ -63,6 +64,17 @@ absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
       if (!secret.ok()) return secret.status();
       return std::unique_ptr<auth::TokenCredential>(*std::move(secret));
     }
+    case CredentialConfig::Kind::kManagedIdentity: {
+      auth::ManagedIdentityCredentialOptions options;
+      options.client_id = credential.client_id;
+      if (!config.imds_endpoint.empty()) options.imds_endpoint = config.imds_endpoint;
+      options.identity_endpoint = config.identity_endpoint;
+      options.identity_header = config.identity_header;
+      auto managed = auth::ManagedIdentityCredential::Create(options, runtime.transport(),
+                                                             Clock::Real(), &runtime.scheduler());
+      if (!managed.ok()) return managed.status();
+      return std::unique_ptr<auth::TokenCredential>(*std::move(managed));
+    }
     default:
       break;
   }
@@ -77,7 +89,7 @@ absl::StatusOr<std::shared_ptr<Plugin>> Plugin::Create(const PluginConfig& confi
   std::shared_ptr<Plugin> plugin(new Plugin());
   for (const TenantConfig& tenant : config.tenants) {
     absl::StatusOr<std::unique_ptr<auth::TokenCredential>> credential =
-        BuildCredential(tenant, runtime);
+        BuildCredential(tenant, config, runtime);
     if (!credential.ok()) {
       absl::Status error = credential.status();
       AddErrorMetadata(error, "tenant", tenant.name);

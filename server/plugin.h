@@ -99,7 +99,7 @@ class Plugin final : public TenantDirectory,
 // BuildCredential makes the TokenCredential a tenant's configuration asks for
 // (a chain when it lists several), without a cache.
 absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
-    const TenantConfig& tenant, PluginRuntime& runtime);
+    const TenantConfig& tenant, const PluginConfig& config, PluginRuntime& runtime);
 
 }  // namespace defender
 
