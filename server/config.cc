@@ -189,12 +189,27 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return config;
   }
 
+  // No file: one tenant from the environment Azure users know, with Azure
+  // Identity's default chain: environment (secret or certificate), then
+  // workload identity, then (when neither is configured) managed identity.
   TenantConfig tenant;
   tenant.name = kDefaultTenantName;
   tenant.tenant_id = Pick(raw.tenant_id, env, "AZURE_TENANT_ID");
+  const std::string client_id = Pick(raw.client_id, env, "AZURE_CLIENT_ID");
+  auto need_app = [&](const std::string& by) -> absl::Status {
+    if (tenant.tenant_id.empty()) {
+      return ConfigError(absl::StrCat("AZURE_TENANT_ID (--tenant-id) is not set (", by,
+                                      " needs it)"));
+    }
+    if (client_id.empty()) {
+      return ConfigError(absl::StrCat("AZURE_CLIENT_ID (--client-id) is not set (", by,
+                                      " needs it)"));
+    }
+    return absl::OkStatus();
+  };
   CredentialConfig secret;
   secret.kind = CredentialConfig::Kind::kClientSecret;
-  secret.client_id = Pick(raw.client_id, env, "AZURE_CLIENT_ID");
+  secret.client_id = client_id;
   if (!raw.client_secret_file.empty()) {
     absl::StatusOr<std::string> value = ReadSecretFile(raw.client_secret_file);
     if (!value.ok()) return value.status();
@@ -202,13 +217,44 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
   } else {
     secret.client_secret = Pick(raw.client_secret, env, "AZURE_CLIENT_SECRET");
   }
-  if (tenant.tenant_id.empty()) return ConfigError("AZURE_TENANT_ID (--tenant-id) is not set");
-  if (secret.client_id.empty()) return ConfigError("AZURE_CLIENT_ID (--client-id) is not set");
-  if (secret.client_secret.empty()) {
-    return ConfigError(
-        "AZURE_CLIENT_SECRET (--client-secret or --client-secret-file) is not set");
+  const std::string certificate_path = Pick("", env, "AZURE_CLIENT_CERTIFICATE_PATH");
+  if (!secret.client_secret.empty()) {
+    if (absl::Status ok = need_app("AZURE_CLIENT_SECRET"); !ok.ok()) return ok;
+    tenant.credentials.push_back(std::move(secret));
+  } else if (!certificate_path.empty()) {
+    if (absl::Status ok = need_app("AZURE_CLIENT_CERTIFICATE_PATH"); !ok.ok()) return ok;
+    CredentialConfig certificate;
+    certificate.kind = CredentialConfig::Kind::kClientCertificate;
+    certificate.client_id = client_id;
+    certificate.certificate_path = certificate_path;
+    certificate.certificate_password = Pick("", env, "AZURE_CLIENT_CERTIFICATE_PASSWORD");
+    const std::string signing =
+        absl::AsciiStrToUpper(Pick("", env, "DEFENDER_CERTIFICATE_SIGNING"));
+    if (!signing.empty() && signing != "PS256" && signing != "RS256") {
+      return ConfigError("DEFENDER_CERTIFICATE_SIGNING must be PS256 or RS256");
+    }
+    if (!signing.empty()) certificate.signing_algorithm = signing;
+    tenant.credentials.push_back(std::move(certificate));
   }
-  tenant.credentials.push_back(std::move(secret));
+  const std::string token_file = Pick("", env, "AZURE_FEDERATED_TOKEN_FILE");
+  if (!token_file.empty()) {
+    if (absl::Status ok = need_app("AZURE_FEDERATED_TOKEN_FILE"); !ok.ok()) return ok;
+    CredentialConfig workload;
+    workload.kind = CredentialConfig::Kind::kWorkloadIdentity;
+    workload.client_id = client_id;
+    workload.token_file = token_file;
+    tenant.credentials.push_back(std::move(workload));
+  }
+  // The managed identity comes last, and only when no app credential is
+  // configured: after a configured secret, certificate or token file it would
+  // only hide a rejected credential behind a slow probe of an IMDS address
+  // that off Azure may never answer.
+  if (tenant.credentials.empty()) {
+    CredentialConfig managed;
+    managed.kind = CredentialConfig::Kind::kManagedIdentity;
+    managed.client_id = client_id;  // a user-assigned identity, as Azure Identity reads it
+    tenant.credentials.push_back(std::move(managed));
+  }
 
   region::EndpointSettings endpoint_settings;
   endpoint_settings.region = Pick(raw.region, env, "DEFENDER_REGION");

@@ -1,8 +1,11 @@
 #include "server/plugin.h"
 
 #include "absl/strings/str_cat.h"
+#include "adapters/auth/chained_token_credential.h"
+#include "adapters/auth/client_certificate_credential.h"
 #include "adapters/auth/client_secret_credential.h"
 #include "adapters/auth/managed_identity_credential.h"
+#include "adapters/auth/workload_identity_credential.h"
 #include "adapters/auth/token_cache.h"
 #include "adapters/common/error.h"
 #include "adapters/defender/rest_defender_client.h"
@@ -44,14 +47,20 @@ std::shared_ptr<RateLimiter> PluginRuntime::Budget(const std::string& name, Rate
   return entry.limiter;
 }
 
-absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
-    const TenantConfig& tenant, const PluginConfig& config, PluginRuntime& runtime) {
-  if (tenant.credentials.empty()) {
-    return MakeError(absl::StatusCode::kInvalidArgument,
-                     absl::StrCat("tenant '", tenant.name, "' has no credential"),
-                     "INVALID_CONFIGURATION", {{"tenant", tenant.name}});
-  }
-  const CredentialConfig& credential = tenant.credentials.front();
+namespace {
+
+using CredentialPtr = std::unique_ptr<auth::TokenCredential>;
+
+// Upcast turns a Create() result into a TokenCredential.
+template <typename T>
+absl::StatusOr<CredentialPtr> Upcast(absl::StatusOr<std::unique_ptr<T>> made) {
+  if (!made.ok()) return made.status();
+  return CredentialPtr(*std::move(made));
+}
+
+absl::StatusOr<CredentialPtr> BuildOne(const CredentialConfig& credential,
+                                       const TenantConfig& tenant, const PluginConfig& config,
+                                       PluginRuntime& runtime) {
   switch (credential.kind) {
     case CredentialConfig::Kind::kClientSecret: {
       auth::ClientSecretCredentialOptions options;
@@ -59,10 +68,30 @@ absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
       options.tenant_id = tenant.tenant_id;
       options.client_id = credential.client_id;
       options.client_secret = credential.client_secret;
-      auto secret = auth::ClientSecretCredential::Create(options, runtime.transport(),
-                                                         Clock::Real(), &runtime.scheduler());
-      if (!secret.ok()) return secret.status();
-      return std::unique_ptr<auth::TokenCredential>(*std::move(secret));
+      return Upcast(auth::ClientSecretCredential::Create(options, runtime.transport(),
+                                                         Clock::Real(), &runtime.scheduler()));
+    }
+    case CredentialConfig::Kind::kClientCertificate: {
+      auth::ClientCertificateCredentialOptions options;
+      options.authority_host = tenant.endpoints.authority_host;
+      options.tenant_id = tenant.tenant_id;
+      options.client_id = credential.client_id;
+      options.certificate_pem_path = credential.certificate_path;
+      options.password = credential.certificate_password;
+      options.signing = credential.signing_algorithm == "RS256"
+                            ? auth::CertificateSigning::kRs256
+                            : auth::CertificateSigning::kPs256;
+      return Upcast(auth::ClientCertificateCredential::Create(
+          options, runtime.transport(), Clock::Real(), &runtime.scheduler()));
+    }
+    case CredentialConfig::Kind::kWorkloadIdentity: {
+      auth::WorkloadIdentityCredentialOptions options;
+      options.authority_host = tenant.endpoints.authority_host;
+      options.tenant_id = tenant.tenant_id;
+      options.client_id = credential.client_id;
+      options.token_file = credential.token_file;
+      return Upcast(auth::WorkloadIdentityCredential::Create(
+          options, runtime.transport(), Clock::Real(), &runtime.scheduler()));
     }
     case CredentialConfig::Kind::kManagedIdentity: {
       auth::ManagedIdentityCredentialOptions options;
@@ -70,18 +99,30 @@ absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
       if (!config.imds_endpoint.empty()) options.imds_endpoint = config.imds_endpoint;
       options.identity_endpoint = config.identity_endpoint;
       options.identity_header = config.identity_header;
-      auto managed = auth::ManagedIdentityCredential::Create(options, runtime.transport(),
-                                                             Clock::Real(), &runtime.scheduler());
-      if (!managed.ok()) return managed.status();
-      return std::unique_ptr<auth::TokenCredential>(*std::move(managed));
+      return Upcast(auth::ManagedIdentityCredential::Create(
+          options, runtime.transport(), Clock::Real(), &runtime.scheduler()));
     }
-    default:
-      break;
   }
-  return MakeError(absl::StatusCode::kUnimplemented,
-                   absl::StrCat("tenant '", tenant.name, "': the ", KindName(credential.kind),
-                                " credential is not available in this build"),
-                   "CREDENTIAL_NOT_AVAILABLE", {{"tenant", tenant.name}});
+  return absl::InternalError("unknown credential kind");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<auth::TokenCredential>> BuildCredential(
+    const TenantConfig& tenant, const PluginConfig& config, PluginRuntime& runtime) {
+  if (tenant.credentials.empty()) {
+    return MakeError(absl::StatusCode::kInvalidArgument,
+                     absl::StrCat("tenant '", tenant.name, "' has no credential"),
+                     "INVALID_CONFIGURATION", {{"tenant", tenant.name}});
+  }
+  std::vector<CredentialPtr> sources;
+  for (const CredentialConfig& credential : tenant.credentials) {
+    absl::StatusOr<CredentialPtr> source = BuildOne(credential, tenant, config, runtime);
+    if (!source.ok()) return source.status();
+    sources.push_back(*std::move(source));
+  }
+  if (sources.size() == 1) return std::move(sources.front());
+  return CredentialPtr(std::make_unique<auth::ChainedTokenCredential>(std::move(sources)));
 }
 
 absl::StatusOr<std::shared_ptr<Plugin>> Plugin::Create(const PluginConfig& config,

@@ -22,6 +22,9 @@
 #include "nlohmann/json.hpp"
 #include "server/config.h"
 #include "server/plugin_server.h"
+#include "openssl/evp.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 #include "tools/sandbox/sandbox.h"
 
 namespace defender {
@@ -34,6 +37,45 @@ constexpr char kTenantA[] = "aaaaaaaa-0000-4000-8000-00000000000a";
 constexpr char kClientA[] = "aaaaaaaa-1111-4000-8000-00000000000a";
 constexpr char kTenantB[] = "bbbbbbbb-0000-4000-8000-00000000000b";
 constexpr char kClientB[] = "bbbbbbbb-1111-4000-8000-00000000000b";
+
+// AppCertificate is an RSA key and a self-signed certificate for it, as an app
+// registration's certificate credential would have.
+struct AppCertificate {
+  std::string cert_pem;
+  std::string key_and_cert_pem;
+};
+
+AppCertificate MakeAppCertificate() {
+  EVP_PKEY* key = EVP_RSA_gen(2048);
+  X509* cert = X509_new();
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 7);
+  X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
+  X509_set_pubkey(cert, key);
+  X509_NAME* name = X509_get_subject_name(cert);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("defender-plugin test app"), -1,
+                             -1, 0);
+  X509_set_issuer_name(cert, name);
+  X509_sign(cert, key, EVP_sha256());
+  auto to_string = [](BIO* bio) {
+    char* data = nullptr;
+    long size = BIO_get_mem_data(bio, &data);
+    std::string text(data, static_cast<size_t>(size));
+    BIO_free(bio);
+    return text;
+  };
+  BIO* cert_bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(cert_bio, cert);
+  BIO* key_bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PrivateKey(key_bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+  AppCertificate result;
+  result.cert_pem = to_string(cert_bio);
+  result.key_and_cert_pem = to_string(key_bio) + result.cert_pem;
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return result;
+}
 
 class TenantsTest : public ::testing::Test {
  protected:
@@ -100,6 +142,8 @@ class TenantsTest : public ::testing::Test {
     return path;
   }
 
+  // Config loads the configuration from `path`, or from the environment
+  // alone when `path` is "".
   absl::StatusOr<PluginConfig> Config(const std::string& path) const {
     std::map<std::string, std::string> env = env_;
     EnvLookup lookup = [env](const std::string& name) -> absl::optional<std::string> {
@@ -108,7 +152,7 @@ class TenantsTest : public ::testing::Test {
       return it->second;
     };
     const char* argv[] = {"defender-plugin", "--listen", "127.0.0.1:0", "--config", path.c_str()};
-    return LoadConfig(5, argv, lookup);
+    return LoadConfig(path.empty() ? 3 : 5, argv, lookup);
   }
 
   void StartPlugin(const std::string& path) {
@@ -198,6 +242,89 @@ TEST_F(TenantsTest, ManagedIdentityFromTheAppServiceEndpoint) {
     used_app_service |= request.path == "/msi/token";
   }
   EXPECT_TRUE(used_app_service);
+}
+
+TEST_F(TenantsTest, CertificateAssertionIsVerifiedByTheSandbox) {
+  const AppCertificate certificate = MakeAppCertificate();
+  sandbox::SandboxApp app;
+  app.tenant_id = kTenantB;
+  app.client_id = "cccccccc-1111-4000-8000-00000000000c";
+  app.certificate_pem = certificate.cert_pem;
+  sandbox_->AddApp(app);
+  std::ofstream(dir_ + "/app.pem") << certificate.key_and_cert_pem;
+  StartPlugin(WriteConfig(
+      {TenantJson("ps", kTenantB,
+                  {{"clientCertificate",
+                    {{"clientId", app.client_id}, {"certificatePath", dir_ + "/app.pem"}}}}),
+       TenantJson("rs", kTenantB,
+                  {{"clientCertificate",
+                    {{"clientId", app.client_id},
+                     {"certificatePath", dir_ + "/app.pem"},
+                     {"signingAlgorithm", "RS256"}}}})}));
+  ASSERT_TRUE(Quarantine("ps", 1).ok());
+  ASSERT_TRUE(Quarantine("rs", 2).ok());
+  std::vector<sandbox::AssertionCheck> checks = sandbox_->AssertionChecks();
+  ASSERT_EQ(checks.size(), 2u);
+  EXPECT_EQ(checks[0].alg, "PS256");
+  EXPECT_EQ(checks[0].x5t_kind, "x5t#S256");
+  EXPECT_EQ(checks[1].alg, "RS256");
+  EXPECT_EQ(checks[1].x5t_kind, "x5t");
+  for (const auto& check : checks) {
+    EXPECT_TRUE(check.signature_ok);
+    EXPECT_EQ(check.aud, absl::StrCat(sandbox_->base_url(), "/", kTenantB, "/oauth2/v2.0/token"));
+    EXPECT_EQ(check.iss, app.client_id);
+    EXPECT_EQ(check.sub, app.client_id);
+  }
+  EXPECT_NE(checks[0].jti, checks[1].jti);
+  for (const auto& post : Posts()) EXPECT_EQ(post.token_client_id, app.client_id);
+}
+
+TEST_F(TenantsTest, WorkloadIdentityRereadsTheRotatedTokenFile) {
+  sandbox::SandboxApp app;
+  app.tenant_id = kTenantB;
+  app.client_id = "dddddddd-1111-4000-8000-00000000000d";
+  app.federated_tokens = {"federated-token-1"};
+  sandbox_->AddApp(app);
+  const std::string token_file = dir_ + "/federated-token";
+  std::ofstream(token_file) << "federated-token-1";
+  StartPlugin(WriteConfig({TenantJson(
+      "k8s", kTenantB,
+      {{"workloadIdentity", {{"clientId", app.client_id}, {"tokenFile", token_file}}}})}));
+  ASSERT_TRUE(Quarantine("k8s", 1).ok());
+  // The cluster rotates the projected token; the old one stops working.
+  sandbox_->SetFederatedTokens(app.client_id, {"federated-token-2"});
+  std::ofstream(token_file, std::ios::trunc) << "federated-token-2";
+  sandbox_->ExpireAllTokens();  // the next call needs a new access token
+  grpc::Status status = Quarantine("k8s", 2);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(sandbox_->TokenRequests(), 2);
+}
+
+TEST_F(TenantsTest, TheEnvironmentsChainFallsThroughToTheCredentialThatWorks) {
+  // A certificate Entra does not know, then a federated token it accepts.
+  const AppCertificate unregistered = MakeAppCertificate();
+  sandbox::SandboxApp app;
+  app.tenant_id = kTenantB;
+  app.client_id = "eeeeeeee-1111-4000-8000-00000000000e";
+  app.federated_tokens = {"federated-token"};
+  sandbox_->AddApp(app);
+  std::ofstream(dir_ + "/unregistered.pem") << unregistered.key_and_cert_pem;
+  std::ofstream(dir_ + "/federated") << "federated-token";
+  env_["AZURE_TENANT_ID"] = kTenantB;
+  env_["AZURE_CLIENT_ID"] = app.client_id;
+  env_["AZURE_CLIENT_CERTIFICATE_PATH"] = dir_ + "/unregistered.pem";
+  env_["AZURE_FEDERATED_TOKEN_FILE"] = dir_ + "/federated";
+  env_["AZURE_AUTHORITY_HOST"] = sandbox_->base_url();
+  env_["DEFENDER_API_URL"] = sandbox_->base_url();
+  StartPlugin("");
+  grpc::Status status = Quarantine("", 1);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(Quarantine("", 2).ok());
+  // The certificate was tried (and refused) once; the federated token is kept.
+  std::vector<sandbox::AssertionCheck> checks = sandbox_->AssertionChecks();
+  ASSERT_EQ(checks.size(), 1u);
+  EXPECT_FALSE(checks[0].accepted);
+  EXPECT_EQ(sandbox_->TokenRequests(), 2);
 }
 
 TEST_F(TenantsTest, ReloadUnderLoadDropsNoCallAndAddsTheNewTenant) {

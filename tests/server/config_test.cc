@@ -65,7 +65,7 @@ TEST_F(ConfigTest, FlagsWinOverTheEnvironment) {
 }
 
 TEST_F(ConfigTest, MissingSettingsAreNamed) {
-  for (const char* name : {"AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"}) {
+  for (const char* name : {"AZURE_TENANT_ID", "AZURE_CLIENT_ID"}) {
     auto saved = env_;
     env_.erase(name);
     auto config = Load({});
@@ -73,6 +73,35 @@ TEST_F(ConfigTest, MissingSettingsAreNamed) {
     EXPECT_THAT(config.status().message(), HasSubstr(name));
     env_ = saved;
   }
+}
+
+TEST_F(ConfigTest, TheEnvironmentGivesAzureIdentitysDefaultChain) {
+  using Kind = CredentialConfig::Kind;
+  auto kinds = [](const PluginConfig& config) {
+    std::vector<Kind> kinds;
+    for (const auto& credential : config.tenants[0].credentials) kinds.push_back(credential.kind);
+    return kinds;
+  };
+  // A secret alone: no managed identity after it.
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(kinds(*config), (std::vector<Kind>{Kind::kClientSecret}));
+  EXPECT_EQ(config->tenants[0].credentials[0].client_secret, "s3cret-value");
+  // A certificate instead of a secret, and workload identity.
+  env_.erase("AZURE_CLIENT_SECRET");
+  env_["AZURE_CLIENT_CERTIFICATE_PATH"] = "/etc/app.pem";
+  env_["AZURE_FEDERATED_TOKEN_FILE"] = "/var/run/token";
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(kinds(*config), (std::vector<Kind>{Kind::kClientCertificate, Kind::kWorkloadIdentity}));
+  EXPECT_EQ(config->tenants[0].credentials[0].signing_algorithm, "PS256");
+  EXPECT_EQ(config->tenants[0].credentials[1].token_file, "/var/run/token");
+  // Nothing but the managed identity (no tenant needed).
+  env_ = {{"AZURE_CLIENT_ID", "user-assigned"}};
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(kinds(*config), (std::vector<Kind>{Kind::kManagedIdentity}));
+  EXPECT_EQ(config->tenants[0].credentials[0].client_id, "user-assigned");
 }
 
 TEST_F(ConfigTest, InvalidSettingsAreNamedWithoutSecrets) {
