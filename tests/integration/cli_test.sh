@@ -67,6 +67,42 @@ set -e
 # No secret in the logs.
 if grep -q "sandbox-secret" "$work/plugin.log"; then fail "secret in the plugin's log"; fi
 
+# SIGHUP: a second plugin started from a config file picks up a new tenant
+# without a restart, and keeps running on a bad file.
+printf '%s' sandbox-secret > "$work/secret"
+write_config() {  # write_config TENANT_NAME...
+  local entries="" name
+  for name in "$@"; do
+    entries="$entries${entries:+,}{\"name\": \"$name\", \"tenantId\": \"11111111-1111-1111-1111-111111111111\", \"apiUrl\": \"$sandbox\", \"authorityHost\": \"$sandbox\", \"credential\": {\"clientSecret\": {\"clientId\": \"22222222-2222-2222-2222-222222222222\", \"secretFile\": \"$work/secret\"}}}"
+  done
+  printf '{"tenants": [%s]}' "$entries" > "$work/plugin.json.tmp"
+  mv "$work/plugin.json.tmp" "$work/plugin.json"
+}
+write_config first
+DEFENDER_CA_FILE="$work/ca.pem" "$BIN/server/defender-plugin" --listen 127.0.0.1:0 \
+  --port-file "$work/plugin2.port" --config "$work/plugin.json" >"$work/plugin2.log" 2>&1 &
+plugin2=$!
+pids+=($plugin2)
+wait_for_file "$work/plugin2.port"
+target2="127.0.0.1:$(cat "$work/plugin2.port")"
+quarantine_on() {  # quarantine_on TENANT SHA1
+  "$ctl" quarantine --target "$target2" --tenant "$1" --machine 1e5bc9d7e413ddd7902c2932e418702b84d0cc07 \
+    --sha1 "$2" --comment "reload test" >/dev/null 2>"$work/reload-err.txt"
+}
+quarantine_on first 1111111111111111111111111111111111111111 || fail "config-file tenant"
+if quarantine_on second 2222222222222222222222222222222222222222; then fail "unknown tenant accepted"; fi
+write_config first second
+kill -HUP "$plugin2"
+for _ in $(seq 100); do grep -q "configuration reloaded" "$work/plugin2.log" && break; sleep 0.1; done
+quarantine_on second 3333333333333333333333333333333333333333 || fail "tenant added by SIGHUP"
+echo '{"tenants": [{"name": "first", "bogus": 1}]}' > "$work/plugin.json"
+kill -HUP "$plugin2"
+for _ in $(seq 100); do grep -q "reload refused" "$work/plugin2.log" && break; sleep 0.1; done
+grep -q "reload refused.*bogus" "$work/plugin2.log" || fail "bad reload not explained"
+quarantine_on second 4444444444444444444444444444444444444444 || fail "bad reload dropped tenants"
+kill -TERM "$plugin2"
+wait "$plugin2" || fail "plugin 2 did not exit 0"
+
 # SIGTERM: the plugin drains and exits 0.
 kill -TERM "$plugin"
 set +e
