@@ -202,7 +202,9 @@ class TokenEndpointClient::Fetch : public std::enable_shared_from_this<Fetch> {
   }
 
   // Finish calls `done` with `result`; errors are redacted and, when retries
-  // are on, count the attempts.
+  // are on, count the attempts. What `done` captured is released here, on
+  // the thread that answers, not whenever the last task holding the fetch
+  // happens to be destroyed.
   void Finish(absl::StatusOr<AccessToken> result) {
     if (!result.ok()) {
       absl::Status error = Redacted(result.status(), secrets_);
@@ -211,7 +213,8 @@ class TokenEndpointClient::Fetch : public std::enable_shared_from_this<Fetch> {
       }
       result = std::move(error);
     }
-    std::move(done_)(std::move(result));
+    TokenCredential::Callback done = std::move(done_);
+    std::move(done)(std::move(result));
   }
 
   // FinishWithLastError ends a fetch whose retry will not happen.

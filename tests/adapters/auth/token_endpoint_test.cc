@@ -173,15 +173,19 @@ TEST_F(TokenEndpointClientTest, DestructionAnswersARetryWhoseTaskHasJustBeenDequ
   auto client = Make(&scheduler);
   int calls = 0;
   absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
-  client->GetToken(Context(clock_.Now() + absl::Seconds(30)), [&](absl::StatusOr<AccessToken> t) {
-    ++calls;
-    result = std::move(t);
-  });
+  auto captured = std::make_shared<int>(0);
+  client->GetToken(Context(clock_.Now() + absl::Seconds(30)),
+                   [&, captured](absl::StatusOr<AccessToken> t) {
+                     ++calls;
+                     result = std::move(t);
+                   });
   ASSERT_EQ(scheduler.Pending(), 1u);
   Scheduler::Task started = scheduler.Dequeue();
   client.reset();
   ASSERT_EQ(calls, 1);
   EXPECT_EQ(ErrorReason(result.status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  // The callback is gone once it has answered, though the task still holds the fetch.
+  EXPECT_EQ(captured.use_count(), 1);
   // The task runs late: no second answer, no request, no client auth.
   std::move(started)();
   EXPECT_EQ(calls, 1);
