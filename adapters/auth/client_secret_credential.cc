@@ -325,6 +325,10 @@ struct ClientSecretCredential::Shared {
   // Retries handing their request to the transport on the scheduler's thread.
   int sending ABSL_GUARDED_BY(mu) = 0;
   // Requests waiting on the scheduler for their next attempt, by task id.
+  // Whoever takes a fetch out of here answers its caller or sends its next
+  // attempt: its retry task (Fetch::Retry), or the destructor. Entries are
+  // added only while `alive`; the destructor clears `alive` and empties the
+  // map at once, so a fetch found here belongs to a living credential.
   std::map<Scheduler::TaskId, std::shared_ptr<Fetch>> waiting ABSL_GUARDED_BY(mu);
 };
 
@@ -349,7 +353,9 @@ class ClientSecretCredential::Fetch : public std::enable_shared_from_this<Fetch>
   }
 
   // Finish calls `done` with `result`; errors are redacted and, when retries
-  // are on, count the attempts.
+  // are on, count the attempts. What `done` captured is released here, on
+  // the thread that answers, not whenever the last task holding the fetch
+  // happens to be destroyed.
   void Finish(absl::StatusOr<AccessToken> result) {
     if (!result.ok()) {
       absl::Status error = Redacted(result.status(), shared_->secret);
@@ -358,7 +364,8 @@ class ClientSecretCredential::Fetch : public std::enable_shared_from_this<Fetch>
       }
       result = std::move(error);
     }
-    std::move(done_)(std::move(result));
+    Callback done = std::move(done_);
+    std::move(done)(std::move(result));
   }
 
   // FinishWithLastError ends a fetch whose retry will not happen.
@@ -394,16 +401,18 @@ class ClientSecretCredential::Fetch : public std::enable_shared_from_this<Fetch>
   }
 
   // Retry runs on the scheduler's thread: the next attempt, unless the
-  // credential has gone meanwhile.
+  // destructor has taken the fetch meanwhile. A task the scheduler has already
+  // dequeued cannot be cancelled, yet may not have got here when the
+  // destructor runs: the destructor then answers the caller itself, and this
+  // task, finding its fetch gone from `waiting`, does nothing (it touches only
+  // the fetch and `shared_`, which it keeps alive).
   void Retry() {
-    bool alive;
     {
       absl::MutexLock lock(&shared_->mu);
-      shared_->waiting.erase(task_id_);
-      alive = shared_->alive;
-      if (alive) ++shared_->sending;
+      if (shared_->waiting.erase(task_id_) == 0) return;  // the destructor answers
+      // Still waiting, so the credential is alive: it waits for this send.
+      ++shared_->sending;
     }
-    if (!alive) return FinishWithLastError();
     Send();
     absl::MutexLock lock(&shared_->mu);
     --shared_->sending;
@@ -432,16 +441,22 @@ ClientSecretCredential::~ClientSecretCredential() {
   std::map<Scheduler::TaskId, std::shared_ptr<Fetch>> waiting;
   {
     absl::MutexLock lock(&shared_->mu);
+    // From here on no retry is scheduled or sent: an answer (even one given
+    // inside a Send still running) finishes its fetch at once.
     shared_->alive = false;
+    // Taking the waiting fetches makes them ours to answer, whether or not
+    // their tasks have started (see Fetch::Retry).
     waiting.swap(shared_->waiting);
-    // A retry inside transport.Send still needs the transport.
+    // A retry inside transport.Send still needs the transport, and its
+    // answer, if given inside Send, reaches the caller before Send returns.
     shared_->mu.Await(absl::Condition(
         +[](int* sending) { return *sending == 0; }, &shared_->sending));
   }
-  // A task that could not be cancelled is running: it sees `alive` false and
-  // finishes its fetch itself.
   for (auto& [id, fetch] : waiting) {
-    if (shared_->scheduler->Cancel(id)) fetch->FinishWithLastError();
+    // False if the scheduler has already dequeued the task: it will find its
+    // fetch taken and do nothing. Either way the caller is answered here.
+    shared_->scheduler->Cancel(id);
+    fetch->FinishWithLastError();
   }
 }
 

@@ -51,10 +51,14 @@ class ClientSecretCredential final : public TokenCredential {
       Clock& clock = Clock::Real(), Scheduler* scheduler = nullptr);
 
   // Ends the retries waiting on the scheduler: their callers get the last
-  // error at once, from the destructor. A retry being handed to the transport
-  // on another thread is waited for. An answer to a request already sent is
-  // still delivered to its `done`, without further retries. Must not run
-  // inside one of this credential's callbacks.
+  // error at once, from the destructor, also when the scheduler has just
+  // started a retry's task (that task then does nothing). A retry being
+  // handed to the transport on another thread is waited for, and an answer
+  // the transport gives inside that Send reaches its `done` before the
+  // destructor returns. An answer to a request already sent is still
+  // delivered to its `done` later, without further retries. So every `done`
+  // is called exactly once. Must not run inside one of this credential's
+  // callbacks.
   ~ClientSecretCredential() override;
 
   // GetToken POSTs the form to TokenUrl() with `context.deadline`, scopes

@@ -760,6 +760,57 @@ TEST_F(ClientSecretCredentialRetryTest, AnAnswerAfterDestructionIsNotRetried) {
   EXPECT_EQ(scheduler_.Pending(), 0u);
 }
 
+// DequeuingScheduler lets a test do what TimerThread does just before running
+// a due task: take it out of the queue (from then on Cancel fails), then run
+// it, the two steps apart. Single-threaded.
+class DequeuingScheduler final : public Scheduler {
+ public:
+  TaskId RunAt(absl::Time, Task task) override {
+    tasks_.emplace(++last_id_, std::move(task));
+    return last_id_;
+  }
+  bool Cancel(TaskId id) override { return tasks_.erase(id) > 0; }
+
+  // Dequeue takes the earliest task out, to be run by the caller.
+  Task Dequeue() {
+    auto node = tasks_.extract(tasks_.begin());
+    return std::move(node.mapped());
+  }
+  size_t Pending() const { return tasks_.size(); }
+
+ private:
+  std::map<TaskId, Task> tasks_;
+  TaskId last_id_ = 0;
+};
+
+TEST_F(ClientSecretCredentialRetryTest, DestructionAnswersARetryWhoseTaskHasJustBeenDequeued) {
+  transport_.Enqueue(503, "busy");
+  DequeuingScheduler scheduler;
+  auto credential = ClientSecretCredential::Create(Options(), transport_, clock_, &scheduler);
+  ASSERT_TRUE(credential.ok()) << credential.status();
+  int calls = 0;
+  absl::StatusOr<AccessToken> result = absl::UnknownError("unset");
+  (*credential)->GetToken(ContextWithin(absl::Seconds(30)), [&](absl::StatusOr<AccessToken> t) {
+    ++calls;
+    result = std::move(t);
+  });
+  EXPECT_EQ(calls, 0);
+  ASSERT_EQ(scheduler.Pending(), 1u);
+  // The timer thread has taken the retry's task but not run it yet.
+  Scheduler::Task started = scheduler.Dequeue();
+  credential->reset();
+  // The destructor could not cancel the task, yet the caller has its answer.
+  ASSERT_EQ(calls, 1);
+  EXPECT_EQ(ErrorReason(result.status()), "TOKEN_ENDPOINT_UNAVAILABLE");
+  EXPECT_EQ(Metadata(result.status(), "attempts"), "1");
+  // The task runs late: no second answer, no request.
+  std::move(started)();
+  started = nullptr;
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+  EXPECT_EQ(scheduler.Pending(), 0u);
+}
+
 TEST_F(ClientSecretCredentialRetryTest, SecretAndTokenNeverAppearInRetriedErrors) {
   const std::string echo = absl::StrCat(kSecret, " ", kToken);
   for (int i = 0; i < 5; ++i) {
