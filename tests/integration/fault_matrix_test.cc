@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "server/config.h"
 #include "server/plugin_server.h"
+#include "tests/integration/plugin_harness.h"
 #include "tests/integration/tcp_gate.h"
 #include "tools/sandbox/sandbox.h"
 
@@ -79,14 +80,7 @@ class FaultMatrixTest : public ::testing::Test {
   }
 
   void StartPlugin() {
-    std::map<std::string, std::string> env = env_;
-    EnvLookup lookup = [env](const std::string& name) -> absl::optional<std::string> {
-      auto it = env.find(name);
-      if (it == env.end()) return absl::nullopt;
-      return it->second;
-    };
-    const char* argv[] = {"defender-plugin", "--listen", "127.0.0.1:0"};
-    absl::StatusOr<PluginConfig> config = LoadConfig(3, argv, lookup);
+    absl::StatusOr<PluginConfig> config = testing::LoadTestConfig({"--listen", "127.0.0.1:0"}, env_);
     ASSERT_TRUE(config.ok()) << config.status();
     auto server = PluginServer::Start(*config);
     ASSERT_TRUE(server.ok()) << server.status();

@@ -24,6 +24,7 @@
 #include "nlohmann/json.hpp"
 #include "server/config.h"
 #include "server/plugin_server.h"
+#include "tests/integration/plugin_harness.h"
 #include "tools/sandbox/certs.h"
 #include "tools/sandbox/sandbox.h"
 
@@ -93,14 +94,7 @@ class QuarantineTest : public ::testing::Test {
 
   // StartPlugin starts the plugin with env_ and connects stub_.
   void StartPlugin() {
-    std::map<std::string, std::string> env = env_;
-    EnvLookup lookup = [env](const std::string& name) -> absl::optional<std::string> {
-      auto it = env.find(name);
-      if (it == env.end()) return absl::nullopt;
-      return it->second;
-    };
-    const char* argv[] = {"defender-plugin", "--listen", "127.0.0.1:0"};
-    absl::StatusOr<PluginConfig> config = LoadConfig(3, argv, lookup);
+    absl::StatusOr<PluginConfig> config = testing::LoadTestConfig({"--listen", "127.0.0.1:0"}, env_);
     ASSERT_TRUE(config.ok()) << config.status();
     auto server = PluginServer::Start(*config);
     ASSERT_TRUE(server.ok()) << server.status();

@@ -22,6 +22,7 @@
 #include "nlohmann/json.hpp"
 #include "server/config.h"
 #include "server/plugin_server.h"
+#include "tests/integration/plugin_harness.h"
 #include "openssl/evp.h"
 #include "openssl/pem.h"
 #include "openssl/x509.h"
@@ -145,14 +146,9 @@ class TenantsTest : public ::testing::Test {
   // Config loads the configuration from `path`, or from the environment
   // alone when `path` is "".
   absl::StatusOr<PluginConfig> Config(const std::string& path) const {
-    std::map<std::string, std::string> env = env_;
-    EnvLookup lookup = [env](const std::string& name) -> absl::optional<std::string> {
-      auto it = env.find(name);
-      if (it == env.end()) return absl::nullopt;
-      return it->second;
-    };
-    const char* argv[] = {"defender-plugin", "--listen", "127.0.0.1:0", "--config", path.c_str()};
-    return LoadConfig(path.empty() ? 3 : 5, argv, lookup);
+    std::vector<std::string> flags = {"--listen", "127.0.0.1:0"};
+    if (!path.empty()) flags.insert(flags.end(), {"--config", path});
+    return testing::LoadTestConfig(flags, env_);
   }
 
   void StartPlugin(const std::string& path) {
