@@ -7,7 +7,10 @@
 // Wrap it in a CachingTokenCredential (token_cache.h): on its own it asks the
 // token endpoint every time. Given a Scheduler, it retries what may succeed on
 // a second try (5xx, 408, 429, a lost or refused connection, a timeout) within
-// the caller's deadline; the cache then shares that one retrying request.
+// the caller's deadline; the cache then shares that one retrying request. The
+// request, its retries and the reading of the answer are TokenEndpointClient's
+// (token_endpoint.h), shared with the certificate and workload identity
+// credentials.
 //
 //   TimerThread timers;
 //   auto credential = ClientSecretCredential::Create(options, transport, Clock::Real(), &timers);
@@ -19,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "adapters/auth/token_credential.h"
+#include "adapters/auth/token_endpoint.h"
 #include "adapters/common/clock.h"
 #include "adapters/common/scheduler.h"
 #include "adapters/http/http_transport.h"
@@ -28,7 +32,7 @@ namespace defender::auth {
 // ClientSecretCredentialOptions names the app registration.
 struct ClientSecretCredentialOptions {
   // https only; "" means this default.
-  std::string authority_host = "https://login.microsoftonline.com";
+  std::string authority_host = kDefaultAuthorityHost;
   std::string tenant_id;      // GUID or verified domain name
   std::string client_id;      // the application (client) id
   std::string client_secret;  // never logged
@@ -81,29 +85,13 @@ class ClientSecretCredential final : public TokenCredential {
   std::string Name() const override { return "ClientSecretCredential"; }
 
   // TokenUrl is where tokens are requested.
-  const std::string& TokenUrl() const { return token_url_; }
+  const std::string& TokenUrl() const { return endpoint_->TokenUrl(); }
 
  private:
-  // Shared is what the credential's requests in flight need, shared with
-  // them so that an answer arriving after the credential is gone is safe.
-  struct Shared;
-  class Fetch;
+  explicit ClientSecretCredential(std::unique_ptr<TokenEndpointClient> endpoint);
 
-  ClientSecretCredential(ClientSecretCredentialOptions options, http::HttpTransport& transport,
-                         Clock& clock, Scheduler* scheduler);
-
-  ClientSecretCredentialOptions options_;
-  std::string token_url_;
-  std::shared_ptr<Shared> shared_;
+  const std::unique_ptr<TokenEndpointClient> endpoint_;
 };
-
-// ParseTokenResponse reads a token endpoint's answer (success or error) into an
-// AccessToken or a status, per token_credential.h. Lenient about types:
-// `expires_in` (dated from `now`) may be a JSON number or a numeric string;
-// without it, `expires_on` (unix seconds, number or string) is used. Unknown
-// fields are ignored. Shared by every credential that talks to an Entra-style
-// token endpoint.
-absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& response, absl::Time now);
 
 }  // namespace defender::auth
 

@@ -1,5 +1,7 @@
 #include "adapters/auth/token_endpoint.h"
 
+#include <cmath>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -9,19 +11,183 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/optional.h"
-#include "adapters/auth/client_secret_credential.h"
 #include "adapters/common/error.h"
 #include "adapters/common/retry.h"
 #include "adapters/region/region.h"
+#include "nlohmann/json.hpp"
 
 namespace defender::auth {
 namespace {
+
+using nlohmann::json;
+
+constexpr char kBadTokenResponse[] = "BAD_TOKEN_RESPONSE";
+
+// Printable keeps the printable ASCII of untrusted `text` (an answer from the
+// network), cut to `max` characters, so a status message stays one short line.
+std::string Printable(absl::string_view text, size_t max) {
+  std::string out;
+  for (char c : text) {
+    if (out.size() >= max) {
+      out += "...";
+      break;
+    }
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f) out.push_back(c);
+  }
+  return out;
+}
+
+// StringField returns `body[name]` if it is a string, else "".
+std::string StringField(const json& body, const char* name) {
+  auto it = body.find(name);
+  if (it == body.end() || !it->is_string()) return "";
+  return it->get<std::string>();
+}
+
+// NumberField reads `body[name]` given as a JSON number or as a string of
+// digits (Entra v1 and managed identity send strings); false if neither.
+bool NumberField(const json& body, const char* name, double& out) {
+  auto it = body.find(name);
+  if (it == body.end()) return false;
+  if (it->is_number()) {
+    out = it->get<double>();
+  } else if (it->is_string()) {
+    std::string text(absl::StripAsciiWhitespace(it->get<std::string>()));
+    if (!absl::SimpleAtod(text, &out)) return false;
+  } else {
+    return false;
+  }
+  return std::isfinite(out);
+}
+
+// AadstsCode returns "AADSTSnnnn" from error_codes[0] or from the start of
+// error_description, or "" if neither has one.
+std::string AadstsCode(const json& body, const std::string& description) {
+  auto codes = body.find("error_codes");
+  if (codes != body.end() && codes->is_array() && !codes->empty()) {
+    const json& first = codes->front();
+    if (first.is_number_unsigned() || first.is_number_integer()) {
+      return absl::StrCat("AADSTS", first.get<int64_t>());
+    }
+    if (first.is_string()) {
+      std::string digits(absl::StripAsciiWhitespace(first.get<std::string>()));
+      int64_t code = 0;
+      if (absl::SimpleAtoi(digits, &code) && code >= 0) return absl::StrCat("AADSTS", code);
+    }
+  }
+  if (absl::StartsWith(description, "AADSTS")) {
+    size_t end = 6;
+    while (end < description.size() &&
+           absl::ascii_isdigit(static_cast<unsigned char>(description[end]))) {
+      ++end;
+    }
+    if (end > 6 && end <= 6 + 12) return description.substr(0, end);
+  }
+  return "";
+}
+
+// ShortDescription is the first line of error_description without its
+// "AADSTSnnnn: " prefix: Entra appends trace and correlation ids and a
+// timestamp on further lines, which the message carries separately.
+std::string ShortDescription(const std::string& description) {
+  absl::string_view text = description;
+  text = text.substr(0, text.find_first_of("\r\n"));
+  if (absl::StartsWith(text, "AADSTS")) {
+    const size_t colon = text.find(':');
+    if (colon != absl::string_view::npos && colon <= 20) text.remove_prefix(colon + 1);
+  }
+  return Printable(absl::StripAsciiWhitespace(text), 300);
+}
+
+// HintFor says what to fix for the AADSTS codes users hit most
+// (defender-api.md section 6), or "" when there is nothing specific to say.
+std::string HintFor(const std::string& code) {
+  if (code == "AADSTS90002") {
+    return "tenant not found: check AZURE_TENANT_ID, and that DEFENDER_REGION or "
+           "AZURE_AUTHORITY_HOST names the tenant's cloud (commercial or US Government)";
+  }
+  if (code == "AADSTS700016") {
+    return "application not found in the tenant: check AZURE_CLIENT_ID and AZURE_TENANT_ID, and "
+           "that an administrator of the tenant has consented to the application";
+  }
+  if (code == "AADSTS70011" || code == "AADSTS1002012") {
+    return "invalid scope: check DEFENDER_SCOPE (the API's resource followed by \"/.default\") "
+           "and that it matches DEFENDER_REGION";
+  }
+  if (code == "AADSTS7000215" || code == "AADSTS7000222") {
+    return "check AZURE_CLIENT_SECRET: use the secret's value (not its id) and make sure it has "
+           "not expired";
+  }
+  if (code == "AADSTS53003") return "blocked by a Conditional Access policy of the tenant";
+  return "";
+}
+
+absl::Status Rejected(const http::HttpResponse& response) {
+  json body = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+  if (!body.is_object()) body = json::object();
+  const std::string description = StringField(body, "error_description");
+  const std::string code = AadstsCode(body, description);
+  const std::string error = Printable(StringField(body, "error"), 64);
+  const std::string correlation_id = Printable(StringField(body, "correlation_id"), 64);
+  const std::string trace_id = Printable(StringField(body, "trace_id"), 64);
+
+  std::string message = "token request rejected by Entra ID: ";
+  if (!code.empty()) {
+    absl::StrAppend(&message, code, error.empty() ? "" : absl::StrCat(" (", error, ")"));
+  } else if (!error.empty()) {
+    absl::StrAppend(&message, error);
+  } else {
+    absl::StrAppend(&message, "HTTP ", response.status);
+  }
+  if (!correlation_id.empty()) absl::StrAppend(&message, "; correlation id ", correlation_id);
+  const std::string short_description = ShortDescription(description);
+  if (!short_description.empty()) absl::StrAppend(&message, ": ", short_description);
+  const std::string hint = HintFor(code);
+  if (!hint.empty()) absl::StrAppend(&message, " Hint: ", hint, ".");
+
+  std::map<std::string, std::string> metadata = {{"http_status", absl::StrCat(response.status)}};
+  if (!code.empty()) metadata["aadsts_code"] = code;
+  if (!error.empty()) metadata["error"] = error;
+  if (!correlation_id.empty()) metadata["correlation_id"] = correlation_id;
+  if (!trace_id.empty()) metadata["trace_id"] = trace_id;
+  return MakeError(absl::StatusCode::kUnauthenticated, message, "TOKEN_REQUEST_REJECTED", metadata);
+}
+
+absl::StatusOr<AccessToken> Issued(const http::HttpResponse& response, absl::Time now) {
+  const std::map<std::string, std::string> metadata = {
+      {"http_status", absl::StrCat(response.status)}};
+  const json body = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+  if (!body.is_object()) {
+    return MakeError(absl::StatusCode::kInternal,
+                     "token endpoint answered with something that is not a JSON object",
+                     kBadTokenResponse, metadata);
+  }
+  AccessToken token;
+  token.token = StringField(body, "access_token");
+  if (token.token.empty()) {
+    return MakeError(absl::StatusCode::kInternal, "token endpoint's answer has no access_token",
+                     kBadTokenResponse, metadata);
+  }
+  double seconds = 0;
+  if (NumberField(body, "expires_in", seconds) && seconds >= 0) {
+    token.expires_on = now + absl::Seconds(seconds);
+  } else if (NumberField(body, "expires_on", seconds) && seconds >= 0) {
+    token.expires_on = absl::FromUnixSeconds(0) + absl::Seconds(seconds);
+  } else {
+    return MakeError(absl::StatusCode::kInternal,
+                     "token endpoint's answer has no usable expires_in or expires_on",
+                     kBadTokenResponse, metadata);
+  }
+  return token;
+}
 
 // Retries (with a scheduler): at most this many after the first attempt...
 constexpr int kMaxRetries = 4;
@@ -86,6 +252,33 @@ absl::Status Redacted(absl::Status status, const std::vector<std::string>& secre
 }
 
 }  // namespace
+
+absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& response, absl::Time now) {
+  const int status = response.status;
+  if (status >= 200 && status < 300) return Issued(response, now);
+  if (status == 400 || status == 401) return Rejected(response);
+
+  std::map<std::string, std::string> metadata = {{"http_status", absl::StrCat(status)}};
+  absl::Status error;
+  if (status == 429) {
+    error = MakeError(absl::StatusCode::kResourceExhausted,
+                      "token endpoint is throttling requests (HTTP 429)",
+                      "TOKEN_ENDPOINT_THROTTLED", metadata);
+  } else if (status >= 500 && status < 600) {
+    error = MakeError(absl::StatusCode::kUnavailable,
+                      absl::StrCat("token endpoint is unavailable (HTTP ", status, ")"),
+                      "TOKEN_ENDPOINT_UNAVAILABLE", metadata);
+  } else {
+    error = MakeError(
+        absl::StatusCode::kUnavailable,
+        absl::StrCat("token endpoint answered HTTP ", status, "; check AZURE_AUTHORITY_HOST"),
+        "TOKEN_ENDPOINT_UNEXPECTED_STATUS", metadata);
+  }
+  if (auto delay = ParseRetryAfter(response.Header("Retry-After"), now)) {
+    SetRetryDelay(error, *delay);
+  }
+  return error;
+}
 
 absl::Status ConfigurationError(const std::string& setting, const std::string& problem) {
   return MakeError(absl::StatusCode::kInvalidArgument, absl::StrCat(setting, " ", problem),

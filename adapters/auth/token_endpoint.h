@@ -72,6 +72,14 @@ std::string TokenUrl(const TokenEndpointOptions& options);
 // not hold the setting's value.
 absl::Status ConfigurationError(const std::string& setting, const std::string& problem);
 
+// ParseTokenResponse reads a token endpoint's answer (success or error) into an
+// AccessToken or a status, per token_credential.h. Lenient about types:
+// `expires_in` (dated from `now`) may be a JSON number or a numeric string;
+// without it, `expires_on` (unix seconds, number or string) is used. Unknown
+// fields are ignored. Shared by every credential that talks to an Entra-style
+// token endpoint.
+absl::StatusOr<AccessToken> ParseTokenResponse(const http::HttpResponse& response, absl::Time now);
+
 // TokenEndpointClient sends client-credentials token requests, retrying what
 // may succeed on a second try. Credentials hold one and add how the client
 // authenticates. Thread-safe.
