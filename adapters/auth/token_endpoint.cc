@@ -126,6 +126,17 @@ std::string HintFor(const std::string& code) {
     return "check AZURE_CLIENT_SECRET: use the secret's value (not its id) and make sure it has "
            "not expired";
   }
+  if (code == "AADSTS700027" || code == "AADSTS50012") {
+    return "the client assertion was not accepted: check that AZURE_CLIENT_CERTIFICATE_PATH holds "
+           "a certificate registered with the application and not expired";
+  }
+  if (code == "AADSTS700024") {
+    return "the client assertion is outside its validity period: check this machine's clock";
+  }
+  if (code == "AADSTS70021") {
+    return "no federated credential of the application matches the token in "
+           "AZURE_FEDERATED_TOKEN_FILE: check its issuer, subject and audience";
+  }
   if (code == "AADSTS53003") return "blocked by a Conditional Access policy of the tenant";
   return "";
 }

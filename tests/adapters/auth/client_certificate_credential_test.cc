@@ -524,6 +524,9 @@ TEST_F(ClientCertificateCredentialTest, RejectionCarriesTheAadstsCode) {
   EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(ErrorReason(token.status()), "TOKEN_REQUEST_REJECTED");
   EXPECT_EQ(GetErrorInfo(token.status())->metadata().at("aadsts_code"), "AADSTS700027");
+  EXPECT_THAT(std::string(token.status().message()),
+              HasSubstr("Hint: the client assertion was not accepted: check that "
+                        "AZURE_CLIENT_CERTIFICATE_PATH holds a certificate registered"));
 }
 
 // EchoingTransport fails every request with an error quoting its body, as a

@@ -224,6 +224,21 @@ TEST_F(WorkloadIdentityCredentialTest, AFileRemovedBetweenRetriesEndsTheRequest)
   EXPECT_EQ(transport_.requests().size(), 1u);
 }
 
+TEST_F(WorkloadIdentityCredentialTest, AnUnknownFederatedTokenHintsAtTheFederatedCredential) {
+  WriteToken(kFederatedToken);
+  transport_.Enqueue(
+      400,
+      R"({"error":"invalid_client","error_description":"AADSTS70021: No matching federated identity record found for presented assertion.","error_codes":[70021]})");
+  auto credential = Make();
+  auto token = Get(*credential);
+  ASSERT_FALSE(token.ok());
+  EXPECT_EQ(token.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(ErrorReason(token.status()), "TOKEN_REQUEST_REJECTED");
+  EXPECT_THAT(std::string(token.status().message()),
+              HasSubstr("Hint: no federated credential of the application matches the token in "
+                        "AZURE_FEDERATED_TOKEN_FILE"));
+}
+
 TEST_F(WorkloadIdentityCredentialTest, CreateValidatesTheSettings) {
   WorkloadIdentityCredentialOptions options = Options();
   options.token_file = "";
