@@ -1,5 +1,7 @@
 #include "adapters/auth/managed_identity_credential.h"
 
+#include "adapters/auth/json_fields.h"
+
 #include <cmath>
 #include <map>
 #include <memory>
@@ -137,42 +139,12 @@ absl::StatusOr<std::string> ValidateEndpoint(const std::string& raw, const std::
   return url;
 }
 
-// Printable keeps the printable ASCII of untrusted `text` (an answer from the
-// network), cut to `max` characters, so a status message stays one short line.
+using internal::NumberField;
+using internal::StringField;
+
+// Printable is internal::Printable with surrounding blanks dropped.
 std::string Printable(absl::string_view text, size_t max) {
-  std::string out;
-  for (char c : text) {
-    if (out.size() >= max) {
-      out += "...";
-      break;
-    }
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u < 0x7f) out.push_back(c);
-  }
-  return std::string(absl::StripAsciiWhitespace(out));
-}
-
-// StringField returns `body[name]` if it is a string, else "".
-std::string StringField(const json& body, const char* name) {
-  auto it = body.find(name);
-  if (it == body.end() || !it->is_string()) return "";
-  return it->get<std::string>();
-}
-
-// NumberField reads `body[name]` given as a JSON number or as a numeric
-// string (managed identity sends strings); false if neither.
-bool NumberField(const json& body, const char* name, double& out) {
-  auto it = body.find(name);
-  if (it == body.end()) return false;
-  if (it->is_number()) {
-    out = it->get<double>();
-  } else if (it->is_string()) {
-    std::string text(absl::StripAsciiWhitespace(it->get<std::string>()));
-    if (!absl::SimpleAtod(text, &out)) return false;
-  } else {
-    return false;
-  }
-  return std::isfinite(out);
+  return std::string(absl::StripAsciiWhitespace(internal::Printable(text, max)));
 }
 
 // ExpiresOn reads `expires_on`: unix seconds (number or string), or the date

@@ -1,5 +1,7 @@
 #include "adapters/auth/token_endpoint.h"
 
+#include "adapters/auth/json_fields.h"
+
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -27,46 +29,11 @@ namespace defender::auth {
 namespace {
 
 using nlohmann::json;
+using internal::NumberField;
+using internal::Printable;
+using internal::StringField;
 
 constexpr char kBadTokenResponse[] = "BAD_TOKEN_RESPONSE";
-
-// Printable keeps the printable ASCII of untrusted `text` (an answer from the
-// network), cut to `max` characters, so a status message stays one short line.
-std::string Printable(absl::string_view text, size_t max) {
-  std::string out;
-  for (char c : text) {
-    if (out.size() >= max) {
-      out += "...";
-      break;
-    }
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u < 0x7f) out.push_back(c);
-  }
-  return out;
-}
-
-// StringField returns `body[name]` if it is a string, else "".
-std::string StringField(const json& body, const char* name) {
-  auto it = body.find(name);
-  if (it == body.end() || !it->is_string()) return "";
-  return it->get<std::string>();
-}
-
-// NumberField reads `body[name]` given as a JSON number or as a string of
-// digits (Entra v1 and managed identity send strings); false if neither.
-bool NumberField(const json& body, const char* name, double& out) {
-  auto it = body.find(name);
-  if (it == body.end()) return false;
-  if (it->is_number()) {
-    out = it->get<double>();
-  } else if (it->is_string()) {
-    std::string text(absl::StripAsciiWhitespace(it->get<std::string>()));
-    if (!absl::SimpleAtod(text, &out)) return false;
-  } else {
-    return false;
-  }
-  return std::isfinite(out);
-}
 
 // AadstsCode returns "AADSTSnnnn" from error_codes[0] or from the start of
 // error_description, or "" if neither has one.
