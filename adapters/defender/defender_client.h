@@ -30,8 +30,11 @@
 #ifndef DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
 #define DEFENDER_ADAPTERS_DEFENDER_DEFENDER_CLIENT_H_
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
@@ -47,6 +50,36 @@ struct StopAndQuarantineFileParams {
   std::string machine_id;
   std::string sha1;
   std::string comment;
+  // When not InfiniteFuture: an earlier request for this same action may have
+  // reached Defender at or after this time (a call cut short by a restart of
+  // the plugin). The client then looks for that action first (as after a
+  // POST whose outcome is unknown) and sends the POST only if none is found.
+  absl::Time maybe_sent_since = absl::InfiniteFuture();
+};
+
+// FileInfo is Defender's File entity (GET /api/files/{hash}): the fields the
+// plugin uses, "" / nullopt when Defender sent null or nothing.
+struct FileInfo {
+  std::string sha1;    // 40 lowercase hex digits when present
+  std::string sha256;  // 64 lowercase hex digits when present
+  std::string md5;
+  std::string file_type;
+  std::optional<int64_t> size;
+  std::string file_publisher;
+  std::string signer;
+  std::optional<bool> is_valid_certificate;
+  std::string determination_type;
+};
+
+// MachineInfo is Defender's Machine entity (GET /api/machines): the fields
+// the plugin uses.
+struct MachineInfo {
+  std::string id;                 // 40 lowercase hex digits
+  std::string computer_dns_name;
+  std::string os_platform;        // e.g. "Windows11", "Linux"
+  std::string health_status;      // e.g. "Active", "Inactive"
+  std::string last_ip_address;
+  std::optional<absl::Time> last_seen;
 };
 
 // CallContext bounds one call: everything it does (rate-slot waits, token
@@ -64,6 +97,8 @@ struct CallContext {
 class DefenderClient {
  public:
   using ActionCallback = absl::AnyInvocable<void(absl::StatusOr<MachineAction>) &&>;
+  using FileCallback = absl::AnyInvocable<void(absl::StatusOr<FileInfo>) &&>;
+  using MachinesCallback = absl::AnyInvocable<void(absl::StatusOr<std::vector<MachineInfo>>) &&>;
 
   virtual ~DefenderClient() = default;
 
@@ -74,6 +109,25 @@ class DefenderClient {
   // GetMachineAction: GET /api/machineactions/{id}.
   virtual void GetMachineAction(const std::string& action_id, const CallContext& context,
                                 ActionCallback done) = 0;
+
+  // CancelMachineAction: POST /api/machineactions/{id}/cancel {"Comment"}.
+  // Returns the action as Defender answers it. Retried like a read (a second
+  // cancel of the same action is harmless); Defender's refusal to cancel a
+  // final action comes back as its 400 (INVALID_ARGUMENT).
+  virtual void CancelMachineAction(const std::string& action_id, const std::string& comment,
+                                   const CallContext& context, ActionCallback done) = 0;
+
+  // GetFile: GET /api/files/{sha1 or sha256}. 404 -> NOT_FOUND
+  // (DEFENDER_NOT_FOUND); an answer without a readable object is INTERNAL
+  // (BAD_UPSTREAM_RESPONSE).
+  virtual void GetFile(const std::string& hash, const CallContext& context,
+                       FileCallback done) = 0;
+
+  // FindMachinesByDnsName: GET /api/machines?$filter=computerDnsName eq
+  // '<name>'. Every device Defender lists (possibly none); entries without a
+  // string id are skipped.
+  virtual void FindMachinesByDnsName(const std::string& computer_dns_name,
+                                     const CallContext& context, MachinesCallback done) = 0;
 };
 
 }  // namespace defender::api

@@ -7,7 +7,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -21,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "adapters/common/error.h"
 #include "adapters/common/retry.h"
+#include "adapters/defender/entities.h"
 #include "nlohmann/json.hpp"
 
 namespace defender::api {
@@ -116,6 +119,13 @@ absl::Status Redact(absl::Status status, const std::string& token) {
   return status;
 }
 
+// JsonBody writes a request body. UTF-8 goes out as it is (no \u escapes).
+// Callers pass valid UTF-8 (gRPC validates proto strings); should an invalid
+// byte slip through, it becomes U+FFFD rather than an exception.
+std::string JsonBody(const json& body) {
+  return body.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
+}
+
 // kPermissionHint says what a 403 usually means for this plugin.
 constexpr char kPermissionHint[] =
     "the app registration needs the application permissions Machine.StopAndQuarantine and "
@@ -134,6 +144,43 @@ struct Request {
   bool idempotent = true;
 };
 
+// Reply is how a call ends well: the 2xx answer to its own request or, for
+// StopAndQuarantineFile, the action (read from that answer, or found by a
+// lookup). The public methods read it into what their callers expect.
+struct Reply {
+  int http_status = 0;  // of the answer; 0 when a lookup found the action
+  std::string body;
+  std::optional<MachineAction> action;
+  int attempts = 0;  // HTTP requests the call sent, lookups included
+};
+using ReplyCallback = absl::AnyInvocable<void(absl::StatusOr<Reply>) &&>;
+
+namespace {
+
+// ReadingReply adapts `done` to a call's ReplyCallback: `read` parses the body
+// of the 2xx answer (unless the call already holds the action); its error gets
+// the call's "http_status" and "attempts".
+template <typename T>
+ReplyCallback ReadingReply(absl::StatusOr<T> (*read)(absl::string_view),
+                           absl::AnyInvocable<void(absl::StatusOr<T>) &&> done) {
+  return [read, done = std::move(done)](absl::StatusOr<Reply> reply) mutable {
+    if (!reply.ok()) return std::move(done)(reply.status());
+    if constexpr (std::is_same_v<T, MachineAction>) {
+      if (reply->action) return std::move(done)(*std::move(reply->action));
+    }
+    absl::StatusOr<T> value = read(reply->body);
+    if (!value.ok()) {
+      absl::Status error = value.status();
+      AddErrorMetadata(error, "http_status", absl::StrCat(reply->http_status));
+      AddErrorMetadata(error, "attempts", absl::StrCat(reply->attempts));
+      return std::move(done)(std::move(error));
+    }
+    std::move(done)(std::move(value));
+  };
+}
+
+}  // namespace
+
 // Call is one API call in flight. Its steps run one after another (each
 // started by the previous one's callback), so only the fields touched by the
 // cancellation callback need the lock.
@@ -141,10 +188,12 @@ struct RestDefenderClient::Call {
   RestDefenderClient* client = nullptr;
   Request main;
   CallContext context;
-  ActionCallback done;
+  ReplyCallback done;
 
-  // For StopAndQuarantineFile: what finds the action in a lookup.
+  // For StopAndQuarantineFile: what finds the action in a lookup, and whether
+  // to look for it before the first POST (maybe_sent_since).
   bool creates_action = false;
+  bool look_first = false;
   std::string machine_id, sha1, comment;
 
   std::atomic<bool> finished{false};
@@ -168,6 +217,17 @@ class RestDefenderClient::Runner {
  public:
   using CallPtr = std::shared_ptr<Call>;
 
+  // NewCall prepares a call of `client` sending `main`; Begin starts it.
+  static CallPtr NewCall(RestDefenderClient* client, Request main, const CallContext& context,
+                         ReplyCallback done) {
+    auto call = std::make_shared<Call>();
+    call->client = client;
+    call->main = std::move(main);
+    call->context = context;
+    call->done = std::move(done);
+    return call;
+  }
+
   static void Begin(CallPtr call) {
     if (call->context.cancellation) {
       std::weak_ptr<Call> weak = call;
@@ -175,6 +235,7 @@ class RestDefenderClient::Runner {
         if (CallPtr locked = weak.lock()) OnCancelled(locked);
       });
     }
+    if (call->look_first) return LookUp(std::move(call));
     Request main = call->main;
     Attempt(std::move(call), std::move(main), /*rejected_token=*/"");
   }
@@ -187,10 +248,34 @@ class RestDefenderClient::Runner {
   }
 
   // Finish hands `result` to the caller, once.
-  static void Finish(const CallPtr& call, absl::StatusOr<MachineAction> result) {
+  static void Finish(const CallPtr& call, absl::StatusOr<Reply> result) {
     if (call->finished.exchange(true)) return;
     if (call->context.cancellation) call->context.cancellation->Forget(call->cancel_callback);
     std::move(call->done)(std::move(result));
+  }
+
+  // FinishWithAnswer hands the 2xx answer to the call's own request over.
+  static void FinishWithAnswer(const CallPtr& call, int http_status, std::string body) {
+    Reply reply;
+    reply.http_status = http_status;
+    reply.body = std::move(body);
+    reply.attempts = call->attempts;
+    Finish(call, std::move(reply));
+  }
+
+  // FinishWithAction hands the action of a StopAndQuarantineFile over.
+  static void FinishWithAction(const CallPtr& call, MachineAction action) {
+    Reply reply;
+    reply.action = std::move(action);
+    reply.attempts = call->attempts;
+    Finish(call, std::move(reply));
+  }
+
+  // LookupError is what a failed lookup reports: the fault that made the
+  // POST's outcome unknown, or, for a lookup before any POST (look_first),
+  // the lookup's own `error`.
+  static absl::Status LookupError(const CallPtr& call, absl::Status error) {
+    return call->last_error.ok() ? std::move(error) : call->last_error;
   }
 
   // Fail finishes with `error`, adding what the call did.
@@ -257,7 +342,7 @@ class RestDefenderClient::Runner {
           // A token fault passes through as the credential reports it, unless
           // an earlier POST's outcome is what the caller must hear about.
           if (!token.ok()) {
-            return call->maybe_created ? Fail(call, call->last_error)
+            return call->maybe_created ? Fail(call, LookupError(call, token.status()))
                                        : Finish(call, token.status());
           }
           if (Cancelled(call)) return Fail(call, CancelledError(call));
@@ -323,7 +408,7 @@ class RestDefenderClient::Runner {
                                                     answer.status().message())),
           token);
       if (!IsTransientTransportError(error)) {
-        return Fail(call, lookup ? call->last_error : std::move(error));
+        return Fail(call, lookup ? LookupError(call, std::move(error)) : std::move(error));
       }
       if (!request.idempotent && RequestMayHaveBeenSent(error)) {
         call->maybe_created = call->post_uncertain = true;
@@ -331,11 +416,14 @@ class RestDefenderClient::Runner {
         return LookUp(std::move(call));
       }
       return RetryLater(std::move(call), std::move(request),
-                        lookup ? call->last_error : std::move(error));
+                        lookup ? LookupError(call, std::move(error)) : std::move(error));
     }
     const int status = answer->status;
     if (status >= 200 && status < 300) {
       if (lookup) return OnLookupAnswer(std::move(call), *answer);
+      if (!call->creates_action) {
+        return FinishWithAnswer(call, status, std::move(answer->body));
+      }
       absl::StatusOr<MachineAction> action = ParseMachineAction(answer->body);
       if (!action.ok()) {
         absl::Status error = action.status();
@@ -348,7 +436,7 @@ class RestDefenderClient::Runner {
         }
         return Fail(call, std::move(error));
       }
-      return Finish(call, std::move(action));
+      return FinishWithAction(call, *std::move(action));
     }
     if (status == 401 && !call->token_refreshed) {
       // The token was refused (revoked, expired early): a new one, once.
@@ -359,10 +447,8 @@ class RestDefenderClient::Runner {
     if (status == 429) {
       // Throttled: come back when Defender says, if the deadline allows.
       const absl::Duration wait = GetRetryDelay(error).value_or(kDefaultRetryAfter);
-      if (!lookup) call->last_error = error;
-      if (!ScheduleAttempt(call, Now(call) + wait, request)) {
-        Fail(call, lookup ? call->last_error : std::move(error));
-      }
+      call->last_error = lookup ? LookupError(call, std::move(error)) : std::move(error);
+      if (!ScheduleAttempt(call, Now(call) + wait, request)) Fail(call, call->last_error);
       return;
     }
     if (status >= 500 && status < 600) {
@@ -373,9 +459,9 @@ class RestDefenderClient::Runner {
         return LookUp(std::move(call));
       }
       return RetryLater(std::move(call), std::move(request),
-                        lookup ? call->last_error : std::move(error));
+                        lookup ? LookupError(call, std::move(error)) : std::move(error));
     }
-    if (lookup) return Fail(call, call->last_error);
+    if (lookup) return Fail(call, LookupError(call, std::move(error)));
     if (status == 400 && call->creates_action &&
         ErrorReason(error) == "ACTION_ALREADY_RUNNING") {
       // The same action is pending on the device: find it. After a fault it
@@ -425,19 +511,20 @@ class RestDefenderClient::Runner {
   }
 
   // LookUp asks Defender for the StopAndQuarantineFile actions on the machine
-  // created since shortly before this call's first POST.
+  // created since shortly before this call's first POST (or the caller's
+  // maybe_sent_since, when earlier).
   static void LookUp(CallPtr call) {
     RestDefenderClient& client = Client(call);
     Request lookup;
     lookup.purpose = Request::Purpose::kLookup;
     lookup.operation = "ListMachineActions";
     lookup.method = "GET";
-    absl::Time since = call->first_sent == absl::InfiniteFuture() ? Now(call) : call->first_sent;
+    const absl::Time since =
+        std::max(std::min(call->first_sent, Now(call)) - kClockSkew, absl::UnixEpoch());
     std::string filter = absl::StrCat("machineId eq '", call->machine_id,
                                       "' and type eq 'StopAndQuarantineFile'");
     if (!call->already_running) {
-      absl::StrAppend(&filter, " and creationDateTimeUtc ge ",
-                      FormatDefenderTime(since - kClockSkew));
+      absl::StrAppend(&filter, " and creationDateTimeUtc ge ", FormatDefenderTime(since));
     }
     lookup.url = absl::StrCat(client.options_.api_base_url,
                               "/api/machineactions?$filter=", http::UrlEscape(filter));
@@ -446,7 +533,11 @@ class RestDefenderClient::Runner {
 
   static void OnLookupAnswer(CallPtr call, const http::HttpResponse& answer) {
     absl::StatusOr<std::vector<MachineAction>> actions = ParseMachineActionList(answer.body);
-    if (!actions.ok()) return Fail(call, call->last_error);
+    if (!actions.ok()) {
+      absl::Status error = actions.status();
+      AddErrorMetadata(error, "http_status", absl::StrCat(answer.status));
+      return Fail(call, LookupError(call, std::move(error)));
+    }
     // The newest action for the same file with the same comment.
     const MachineAction* match = nullptr;
     for (const MachineAction& action : *actions) {
@@ -457,16 +548,21 @@ class RestDefenderClient::Runner {
     }
     if (call->already_running) {
       if (match != nullptr && call->post_uncertain && match->requestor_comment == call->comment) {
-        return Finish(call, *match);  // our own earlier attempt created it
+        return FinishWithAction(call, *match);  // our own earlier attempt created it
       }
       absl::Status error = call->last_error;
       if (match != nullptr) AddErrorMetadata(error, "existing_action_id", match->id);
       call->maybe_created = false;  // Defender says what exists; nothing unknown
       return Fail(call, std::move(error));
     }
-    if (match != nullptr) return Finish(call, *match);
-    // Not created: sending it again is safe.
+    if (match != nullptr) return FinishWithAction(call, *match);
+    // Not created: sending it (again) is safe. A lookup before the first POST
+    // (look_first) is followed by that POST at once.
     call->maybe_created = false;
+    if (call->main_attempts == 0) {
+      Request main = call->main;
+      return Attempt(std::move(call), std::move(main), /*rejected_token=*/"");
+    }
     RetryLater(std::move(call), call->main, call->last_error);
   }
 
@@ -487,40 +583,81 @@ RestDefenderClient::RestDefenderClient(RestDefenderClientOptions options,
 
 void RestDefenderClient::StopAndQuarantineFile(const StopAndQuarantineFileParams& params,
                                                const CallContext& context, ActionCallback done) {
-  auto call = std::make_shared<Call>();
-  call->client = this;
-  call->main.operation = "StopAndQuarantineFile";
-  call->main.method = "POST";
-  call->main.idempotent = false;
-  call->main.url = absl::StrCat(options_.api_base_url, "/api/machines/",
-                                http::UrlEscape(params.machine_id), "/StopAndQuarantineFile");
+  Request main;
+  main.operation = "StopAndQuarantineFile";
+  main.method = "POST";
+  main.idempotent = false;
+  main.url = absl::StrCat(options_.api_base_url, "/api/machines/",
+                          http::UrlEscape(params.machine_id), "/StopAndQuarantineFile");
   json body = json::object();
   body["Comment"] = params.comment;
   body["Sha1"] = params.sha1;
-  // UTF-8 goes out as it is (no \u escapes). Callers pass valid UTF-8 (gRPC
-  // validates proto strings); should an invalid byte slip through, it becomes
-  // U+FFFD rather than an exception.
-  call->main.body = body.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
+  main.body = JsonBody(body);
+  auto call = Runner::NewCall(this, std::move(main), context,
+                              ReadingReply(&ParseMachineAction, std::move(done)));
   call->creates_action = true;
   call->machine_id = params.machine_id;
   call->sha1 = params.sha1;
   call->comment = params.comment;
-  call->context = context;
-  call->done = std::move(done);
+  if (params.maybe_sent_since != absl::InfiniteFuture()) {
+    // An earlier request may have created the action: as after a POST whose
+    // outcome is unknown, look for it before sending.
+    call->look_first = true;
+    call->maybe_created = call->post_uncertain = true;
+    call->first_sent = params.maybe_sent_since;
+  }
   Runner::Begin(std::move(call));
 }
 
 void RestDefenderClient::GetMachineAction(const std::string& action_id,
                                           const CallContext& context, ActionCallback done) {
-  auto call = std::make_shared<Call>();
-  call->client = this;
-  call->main.operation = "GetMachineAction";
-  call->main.method = "GET";
-  call->main.url =
+  Request main;
+  main.operation = "GetMachineAction";
+  main.method = "GET";
+  main.url =
       absl::StrCat(options_.api_base_url, "/api/machineactions/", http::UrlEscape(action_id));
-  call->context = context;
-  call->done = std::move(done);
-  Runner::Begin(std::move(call));
+  Runner::Begin(Runner::NewCall(this, std::move(main), context,
+                                ReadingReply(&ParseMachineAction, std::move(done))));
+}
+
+void RestDefenderClient::CancelMachineAction(const std::string& action_id,
+                                             const std::string& comment,
+                                             const CallContext& context, ActionCallback done) {
+  Request main;
+  main.operation = "CancelMachineAction";
+  main.method = "POST";
+  main.idempotent = true;  // cancelling twice is harmless: retried like a read
+  main.url = absl::StrCat(options_.api_base_url, "/api/machineactions/",
+                          http::UrlEscape(action_id), "/cancel");
+  json body = json::object();
+  body["Comment"] = comment;
+  main.body = JsonBody(body);
+  Runner::Begin(Runner::NewCall(this, std::move(main), context,
+                                ReadingReply(&ParseMachineAction, std::move(done))));
+}
+
+void RestDefenderClient::GetFile(const std::string& hash, const CallContext& context,
+                                 FileCallback done) {
+  Request main;
+  main.operation = "GetFile";
+  main.method = "GET";
+  main.url = absl::StrCat(options_.api_base_url, "/api/files/", http::UrlEscape(hash));
+  Runner::Begin(Runner::NewCall(this, std::move(main), context,
+                                ReadingReply(&ParseFileInfo, std::move(done))));
+}
+
+void RestDefenderClient::FindMachinesByDnsName(const std::string& computer_dns_name,
+                                               const CallContext& context,
+                                               MachinesCallback done) {
+  // OData string literal: a single quote inside is written twice.
+  const std::string filter = absl::StrCat(
+      "computerDnsName eq '", absl::StrReplaceAll(computer_dns_name, {{"'", "''"}}), "'");
+  Request main;
+  main.operation = "ListMachines";
+  main.method = "GET";
+  main.url = absl::StrCat(options_.api_base_url, "/api/machines?$filter=", http::UrlEscape(filter));
+  Runner::Begin(Runner::NewCall(this, std::move(main), context,
+                                ReadingReply(&ParseMachineList, std::move(done))));
 }
 
 absl::Status MapDefenderError(const http::HttpResponse& response) {

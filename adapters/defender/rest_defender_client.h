@@ -12,8 +12,10 @@
 //
 // One call, until its deadline or its cancellation:
 //  1. takes a slot from the limiter under "<tenant>/<operation>" (operations:
-//     StopAndQuarantineFile, GetMachineAction, ListMachineActions); a slot that
-//     cannot come before the deadline fails the call at once (RESOURCE_EXHAUSTED);
+//     StopAndQuarantineFile, GetMachineAction, ListMachineActions (lookups),
+//     CancelMachineAction, GetFile, ListMachines (FindMachinesByDnsName)); a
+//     slot that cannot come before the deadline fails the call at once
+//     (RESOURCE_EXHAUSTED);
 //  2. gets a token and sends the request ("Authorization: Bearer <token>");
 //  3. on HTTP 401 gets a new token (TokenRequestContext::rejected_token) and
 //     sends once more;
@@ -21,7 +23,8 @@
 //     fits the deadline, else fails with RESOURCE_EXHAUSTED and a RetryInfo;
 //  5. on HTTP 5xx, a refused or reset connection, or a timeout, backs off
 //     (exponential, jittered) and retries while the deadline allows, then
-//     fails with the last error (UNAVAILABLE / DEADLINE_EXCEEDED);
+//     fails with the last error (UNAVAILABLE / DEADLINE_EXCEEDED); reads and
+//     CancelMachineAction (cancelling twice is harmless) alike;
 //  6. never sends a second StopAndQuarantineFile for one call when the first
 //     may have reached Defender (the connection dropped after sending, the
 //     answer timed out, a 5xx): it first looks for the action the first may
@@ -29,7 +32,11 @@
 //     creation time; matched on SHA-1 and comment) and returns it if found.
 //     When the outcome stays unknown at the deadline the error says so
 //     (metadata "outcome" = "unknown"). A 400 ActiveRequestAlreadyExists after
-//     such a fault is answered with the existing action.
+//     such a fault is answered with the existing action. With
+//     maybe_sent_since, the same lookup (from that time) comes before the
+//     first POST: a found action is the answer, nothing found lets the POST
+//     go, and a lookup that fails fails the call ("outcome" = "unknown",
+//     nothing sent).
 // Every failure after an HTTP request carries metadata "attempts" (requests
 // sent, lookups included); token faults pass through as the credential
 // reports them. Without a scheduler nothing waits: no retry except the one
@@ -86,6 +93,11 @@ class RestDefenderClient final : public DefenderClient {
                              const CallContext& context, ActionCallback done) override;
   void GetMachineAction(const std::string& action_id, const CallContext& context,
                         ActionCallback done) override;
+  void CancelMachineAction(const std::string& action_id, const std::string& comment,
+                           const CallContext& context, ActionCallback done) override;
+  void GetFile(const std::string& hash, const CallContext& context, FileCallback done) override;
+  void FindMachinesByDnsName(const std::string& computer_dns_name, const CallContext& context,
+                             MachinesCallback done) override;
 
  private:
   struct Call;

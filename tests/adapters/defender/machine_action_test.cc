@@ -1,10 +1,12 @@
 #include "adapters/defender/machine_action.h"
 
 #include <string>
+#include <vector>
 
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "adapters/common/error.h"
+#include "adapters/defender/entities.h"
 #include "gtest/gtest.h"
 
 namespace defender::api {
@@ -371,6 +373,219 @@ TEST(ParseDefenderTimeTest, Rejects) {
 TEST(ParseDefenderTimeTest, RejectsEmbeddedNul) {
   const std::string text("2018-12-04T12:15:04Z\0junk", 25);
   EXPECT_EQ(ParseDefenderTime(text), std::nullopt);
+}
+
+// --- ParseFileInfo
+
+// ExpectBadUpstream checks the error for an unreadable entity.
+void ExpectBadUpstream(const absl::Status& status) {
+  EXPECT_EQ(status.code(), absl::StatusCode::kInternal) << status;
+  EXPECT_EQ(ErrorReason(status), "BAD_UPSTREAM_RESPONSE") << status;
+}
+
+// A File answer shaped like Microsoft's example (get-file-information.md).
+constexpr char kFileExample[] = R"({
+    "@odata.context": "https://api.securitycenter.microsoft.com/api/$metadata#Files/$entity",
+    "sha1": "4388963aaa83afe2042a46a3c017ad50bdcdafb3",
+    "sha256": "413c58c8267d2c8648d8f6384bacc2ae9c929b2b96578b6860b5087cd1bd6462",
+    "md5": "5d4f8ba8c5e3c1f2d8b9e0a7a6c3b2e1",
+    "globalPrevalence": 180022,
+    "globalFirstObserved": "2017-09-19T03:51:27.6785431Z",
+    "size": 22139496,
+    "fileType": "APP",
+    "isPeFile": true,
+    "filePublisher": "CHENGDU YIWO Tech Development Co., Ltd.",
+    "fileProductName": "EaseUS MobiSaver for Android",
+    "signer": "CHENGDU YIWO Tech Development Co., Ltd.",
+    "issuer": "VeriSign Class 3 Code Signing 2010 CA",
+    "isValidCertificate": false,
+    "determinationType": "Pup",
+    "determinationValue": "PUA:Win32/FusionCore"
+})";
+
+TEST(ParseFileInfoTest, ParsesExample) {
+  absl::StatusOr<FileInfo> file = ParseFileInfo(kFileExample);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->sha1, "4388963aaa83afe2042a46a3c017ad50bdcdafb3");
+  EXPECT_EQ(file->sha256, "413c58c8267d2c8648d8f6384bacc2ae9c929b2b96578b6860b5087cd1bd6462");
+  EXPECT_EQ(file->md5, "5d4f8ba8c5e3c1f2d8b9e0a7a6c3b2e1");
+  EXPECT_EQ(file->size, 22139496);
+  EXPECT_EQ(file->file_type, "APP");
+  EXPECT_EQ(file->file_publisher, "CHENGDU YIWO Tech Development Co., Ltd.");
+  EXPECT_EQ(file->signer, "CHENGDU YIWO Tech Development Co., Ltd.");
+  EXPECT_EQ(file->is_valid_certificate, false);
+  EXPECT_EQ(file->determination_type, "Pup");
+}
+
+TEST(ParseFileInfoTest, HashesAreLowercased) {
+  absl::StatusOr<FileInfo> file = ParseFileInfo(
+      R"({"sha1": "4388963AAA83AFE2042A46A3C017AD50BDCDAFB3",
+          "sha256": "413C58C8267D2C8648D8F6384BACC2AE9C929B2B96578B6860B5087CD1BD6462"})");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->sha1, "4388963aaa83afe2042a46a3c017ad50bdcdafb3");
+  EXPECT_EQ(file->sha256, "413c58c8267d2c8648d8f6384bacc2ae9c929b2b96578b6860b5087cd1bd6462");
+}
+
+TEST(ParseFileInfoTest, EitherHashIsEnough) {
+  absl::StatusOr<FileInfo> only_sha1 = ParseFileInfo(R"({"sha1": "ab", "sha256": null})");
+  ASSERT_TRUE(only_sha1.ok()) << only_sha1.status();
+  EXPECT_EQ(only_sha1->sha1, "ab");
+  EXPECT_EQ(only_sha1->sha256, "");
+  absl::StatusOr<FileInfo> only_sha256 = ParseFileInfo(R"({"sha256": "CD"})");
+  ASSERT_TRUE(only_sha256.ok()) << only_sha256.status();
+  EXPECT_EQ(only_sha256->sha1, "");
+  EXPECT_EQ(only_sha256->sha256, "cd");
+}
+
+TEST(ParseFileInfoTest, NullsAndWrongTypesAreAbsent) {
+  for (const char* body : {
+           R"({"sha1": "ab", "md5": null, "fileType": null, "size": null, "filePublisher": null,
+               "signer": null, "isValidCertificate": null, "determinationType": null})",
+           R"({"sha1": "ab", "md5": 5, "fileType": [], "size": "123", "filePublisher": {},
+               "signer": true, "isValidCertificate": "true", "determinationType": 1})",
+           R"({"sha1": "ab"})",
+       }) {
+    absl::StatusOr<FileInfo> file = ParseFileInfo(body);
+    ASSERT_TRUE(file.ok()) << body;
+    EXPECT_EQ(file->md5, "") << body;
+    EXPECT_EQ(file->file_type, "") << body;
+    EXPECT_EQ(file->size, std::nullopt) << body;
+    EXPECT_EQ(file->file_publisher, "") << body;
+    EXPECT_EQ(file->signer, "") << body;
+    EXPECT_EQ(file->is_valid_certificate, std::nullopt) << body;
+    EXPECT_EQ(file->determination_type, "") << body;
+  }
+}
+
+TEST(ParseFileInfoTest, SizeMustBeANonNegativeInteger) {
+  auto size = [](const std::string& value) {
+    absl::StatusOr<FileInfo> file = ParseFileInfo(R"({"sha1": "ab", "size": )" + value + "}");
+    EXPECT_TRUE(file.ok()) << value;
+    return file.ok() ? file->size : std::optional<int64_t>(-42);
+  };
+  EXPECT_EQ(size("0"), 0);
+  EXPECT_EQ(size("9223372036854775807"), INT64_MAX);
+  EXPECT_EQ(size("9223372036854775808"), std::nullopt);
+  EXPECT_EQ(size("18446744073709551616"), std::nullopt);  // beyond uint64: a double
+  EXPECT_EQ(size("-1"), std::nullopt);
+  EXPECT_EQ(size("1.5"), std::nullopt);
+  EXPECT_EQ(size("true"), std::nullopt);
+}
+
+TEST(ParseFileInfoTest, ValidCertificateTrue) {
+  absl::StatusOr<FileInfo> file = ParseFileInfo(R"({"sha1": "ab", "isValidCertificate": true})");
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(file->is_valid_certificate, true);
+}
+
+TEST(ParseFileInfoTest, WithoutAHashIsBadResponse) {
+  for (const char* body : {R"({})", R"({"sha1": null, "sha256": null})", R"({"sha1": ""})",
+                           R"({"sha1": 5, "sha256": ["ab"]})", R"({"md5": "ab", "size": 1})"}) {
+    absl::StatusOr<FileInfo> file = ParseFileInfo(body);
+    ASSERT_FALSE(file.ok()) << body;
+    ExpectBadUpstream(file.status());
+  }
+}
+
+TEST(ParseFileInfoTest, NotAnObjectIsBadResponse) {
+  for (const char* body : {"", "null", "[]", R"(["sha1"])", R"("sha1")", "42", "<html>",
+                           R"({"sha1": "ab")", R"({"value": [{"sha1": "ab"}]})"}) {
+    absl::StatusOr<FileInfo> file = ParseFileInfo(body);
+    ASSERT_FALSE(file.ok()) << body;
+    ExpectBadUpstream(file.status());
+  }
+}
+
+TEST(ParseFileInfoTest, ErrorDoesNotQuoteTheBody) {
+  absl::StatusOr<FileInfo> file = ParseFileInfo(R"({"signer": "secret-looking-content"})");
+  ASSERT_FALSE(file.ok());
+  EXPECT_EQ(file.status().message().find("secret-looking-content"), std::string::npos);
+}
+
+// --- ParseMachineList
+
+// A machine list answer shaped like Microsoft's example (get-machines.md).
+constexpr char kMachineListExample[] = R"({
+    "@odata.context": "https://api.securitycenter.microsoft.com/api/$metadata#Machines",
+    "value": [
+        {
+            "id": "1e5bc9d7e413ddd7902c2932e418702b84d0cc07",
+            "computerDnsName": "mymachine1.contoso.com",
+            "firstSeen": "2018-08-02T14:55:03.7791856Z",
+            "lastSeen": "2018-08-02T14:55:03.7791856Z",
+            "osPlatform": "Windows10",
+            "version": "1709",
+            "osProcessor": "x64",
+            "lastIpAddress": "172.17.230.209",
+            "lastExternalIpAddress": "167.220.196.71",
+            "osBuild": 18209,
+            "healthStatus": "Active",
+            "rbacGroupId": 140,
+            "rbacGroupName": "The-A-Team",
+            "riskScore": "Low",
+            "exposureLevel": "Medium",
+            "isAadJoined": true,
+            "aadDeviceId": "80fe8ff8-2624-418e-9591-41f0491218f9",
+            "machineTags": ["test tag 1", "test tag 2"]
+        }
+    ]
+})";
+
+TEST(ParseMachineListTest, ParsesExample) {
+  absl::StatusOr<std::vector<MachineInfo>> machines = ParseMachineList(kMachineListExample);
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  ASSERT_EQ(machines->size(), 1u);
+  const MachineInfo& machine = (*machines)[0];
+  EXPECT_EQ(machine.id, "1e5bc9d7e413ddd7902c2932e418702b84d0cc07");
+  EXPECT_EQ(machine.computer_dns_name, "mymachine1.contoso.com");
+  EXPECT_EQ(machine.os_platform, "Windows10");
+  EXPECT_EQ(machine.health_status, "Active");
+  EXPECT_EQ(machine.last_ip_address, "172.17.230.209");
+  EXPECT_EQ(machine.last_seen, Utc(2018, 8, 2, 14, 55, 3, 779185600));
+}
+
+TEST(ParseMachineListTest, EmptyList) {
+  absl::StatusOr<std::vector<MachineInfo>> machines = ParseMachineList(R"({"value": []})");
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  EXPECT_TRUE(machines->empty());
+}
+
+TEST(ParseMachineListTest, IdIsLowercasedAndEntriesWithoutIdAreSkipped) {
+  absl::StatusOr<std::vector<MachineInfo>> machines = ParseMachineList(R"({"value": [
+      {"id": "1E5BC9D7E413DDD7902C2932E418702B84D0CC07"},
+      {"id": null, "computerDnsName": "a"}, {"id": ""}, {"id": 7}, {"id": ["x"]},
+      {"computerDnsName": "b"}, null, 3, "id", [],
+      {"id": "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}]})");
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  ASSERT_EQ(machines->size(), 2u);
+  EXPECT_EQ((*machines)[0].id, "1e5bc9d7e413ddd7902c2932e418702b84d0cc07");
+  EXPECT_EQ((*machines)[1].id, std::string(40, 'b'));
+}
+
+TEST(ParseMachineListTest, NullsWrongTypesAndBadTimesAreAbsent) {
+  absl::StatusOr<std::vector<MachineInfo>> machines = ParseMachineList(R"({"value": [
+      {"id": "a1", "computerDnsName": null, "osPlatform": 5, "healthStatus": {},
+       "lastIpAddress": [], "lastSeen": "2018-08-02 14:55:03"},
+      {"id": "a2", "lastSeen": 1533221703}]})");
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  ASSERT_EQ(machines->size(), 2u);
+  for (const MachineInfo& machine : *machines) {
+    EXPECT_EQ(machine.computer_dns_name, "");
+    EXPECT_EQ(machine.os_platform, "");
+    EXPECT_EQ(machine.health_status, "");
+    EXPECT_EQ(machine.last_ip_address, "");
+    EXPECT_EQ(machine.last_seen, std::nullopt);
+  }
+}
+
+TEST(ParseMachineListTest, WithoutValueArrayIsBadResponse) {
+  for (const char* body : {"", "null", "[]", R"({})", R"({"value": null})", R"({"value": {}})",
+                           R"({"id": "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"})",
+                           R"({"value": [)", "<html>"}) {
+    absl::StatusOr<std::vector<MachineInfo>> machines = ParseMachineList(body);
+    ASSERT_FALSE(machines.ok()) << body;
+    ExpectBadUpstream(machines.status());
+  }
 }
 
 }  // namespace

@@ -195,6 +195,61 @@ class RestDefenderClientTest : public ::testing::Test {
     return *std::move(result);
   }
 
+  // QuarantineSince runs StopAndQuarantineFile with maybe_sent_since.
+  absl::StatusOr<MachineAction> QuarantineSince(absl::Time since, std::string comment) {
+    std::optional<absl::StatusOr<MachineAction>> result;
+    int calls = 0;
+    client_.StopAndQuarantineFile({kMachineId, kSha1, std::move(comment), since}, deadline_,
+                                  [&](absl::StatusOr<MachineAction> action) {
+                                    ++calls;
+                                    result = std::move(action);
+                                  });
+    EXPECT_EQ(calls, 1);
+    if (!result) return absl::InternalError("no callback");
+    return *std::move(result);
+  }
+
+  // Cancel runs CancelMachineAction.
+  absl::StatusOr<MachineAction> Cancel(const std::string& id, const std::string& comment) {
+    std::optional<absl::StatusOr<MachineAction>> result;
+    int calls = 0;
+    client_.CancelMachineAction(id, comment, deadline_,
+                                [&](absl::StatusOr<MachineAction> action) {
+                                  ++calls;
+                                  result = std::move(action);
+                                });
+    EXPECT_EQ(calls, 1);
+    if (!result) return absl::InternalError("no callback");
+    return *std::move(result);
+  }
+
+  // File runs GetFile.
+  absl::StatusOr<FileInfo> File(const std::string& hash) {
+    std::optional<absl::StatusOr<FileInfo>> result;
+    int calls = 0;
+    client_.GetFile(hash, deadline_, [&](absl::StatusOr<FileInfo> file) {
+      ++calls;
+      result = std::move(file);
+    });
+    EXPECT_EQ(calls, 1);
+    if (!result) return absl::InternalError("no callback");
+    return *std::move(result);
+  }
+
+  // Machines runs FindMachinesByDnsName.
+  absl::StatusOr<std::vector<MachineInfo>> Machines(const std::string& name) {
+    std::optional<absl::StatusOr<std::vector<MachineInfo>>> result;
+    int calls = 0;
+    client_.FindMachinesByDnsName(name, deadline_,
+                                  [&](absl::StatusOr<std::vector<MachineInfo>> machines) {
+                                    ++calls;
+                                    result = std::move(machines);
+                                  });
+    EXPECT_EQ(calls, 1);
+    if (!result) return absl::InternalError("no callback");
+    return *std::move(result);
+  }
+
   const absl::Time deadline_ = absl::FromUnixSeconds(1900000000);
   FakeCredential credential_;
   FakeTransport transport_;
@@ -882,9 +937,10 @@ class RestDefenderClientRetryTest : public ::testing::Test {
   }
 
   void StartQuarantine(absl::Duration deadline,
-                       std::shared_ptr<Cancellation> cancellation = nullptr) {
+                       std::shared_ptr<Cancellation> cancellation = nullptr,
+                       absl::Time maybe_sent_since = absl::InfiniteFuture()) {
     start_ = clock_.Now();
-    client_->StopAndQuarantineFile({kMachineId, kSha1, kComment},
+    client_->StopAndQuarantineFile({kMachineId, kSha1, kComment, maybe_sent_since},
                                    CallContext(clock_.Now() + deadline, std::move(cancellation)),
                                    [this](absl::StatusOr<MachineAction> action) {
                                      ++callbacks_;
@@ -900,6 +956,15 @@ class RestDefenderClientRetryTest : public ::testing::Test {
                                 ++callbacks_;
                                 result_ = std::move(action);
                               });
+  }
+
+  void StartCancel(absl::Duration deadline) {
+    start_ = clock_.Now();
+    client_->CancelMachineAction(kActionId, "undo", clock_.Now() + deadline,
+                                 [this](absl::StatusOr<MachineAction> action) {
+                                   ++callbacks_;
+                                   result_ = std::move(action);
+                                 });
   }
 
   // RunTimers lets time pass until the call has finished or nothing waits.
@@ -1093,6 +1158,456 @@ TEST_F(RestDefenderClientRetryTest, RateLimiterRefusalEndsTheCallWithNothingSent
   EXPECT_EQ(limiter.keys, (std::vector<std::string>{"contoso/StopAndQuarantineFile"}));
   EXPECT_TRUE(transport_.requests().empty());
   EXPECT_TRUE(credential_.contexts().empty());
+}
+
+// ---------------------------------------------------------------------------
+// CancelMachineAction, GetFile, FindMachinesByDnsName, maybe_sent_since
+
+// PercentDecode undoes UrlEscape ("%27" -> "'"); "+" stays as it is.
+std::string PercentDecode(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size()) {
+      out.push_back(static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+// FilterOf returns the decoded $filter of `url`, which must be
+// "<prefix>?$filter=<escaped>" with nothing after.
+std::string FilterOf(const std::string& url, const std::string& prefix) {
+  const std::string head = prefix + "?$filter=";
+  if (!absl::StartsWith(url, head)) return "<url is " + url + ">";
+  const std::string escaped = url.substr(head.size());
+  if (escaped.find_first_of(" '&#?") != std::string::npos) return "<not escaped: " + url + ">";
+  return PercentDecode(escaped);
+}
+
+constexpr char kSha256[] = "413c58c8267d2c8648d8f6384bacc2ae9c929b2b96578b6860b5087cd1bd6462";
+
+TEST_F(RestDefenderClientTest, CancelPostsTheComment) {
+  transport_.Enqueue(200, json{{"id", kActionId},
+                               {"status", "Cancelled"},
+                               {"cancellationComment", "false positive"}}
+                              .dump());
+  absl::StatusOr<MachineAction> action = Cancel(kActionId, "false positive");
+  ASSERT_TRUE(action.ok()) << action.status();
+  EXPECT_EQ(action->id, kActionId);
+  EXPECT_EQ(action->status, "Cancelled");
+  EXPECT_EQ(action->cancellation_comment, "false positive");
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "POST");
+  EXPECT_EQ(request.url, "https://api.example.test/api/machineactions/"
+                         "141408d1-384c-4c19-8b57-ba39e378011a/cancel");
+  EXPECT_EQ(request.body, R"({"Comment":"false positive"})");
+  EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
+  EXPECT_EQ(HeaderValues(request, "Content-Type"), std::vector<std::string>{"application/json"});
+  EXPECT_EQ(HeaderValues(request, "Accept"), std::vector<std::string>{"application/json"});
+  EXPECT_TRUE(request.idempotent);  // a second cancel is harmless
+  EXPECT_LE(request.deadline, absl::Now() + absl::Seconds(20));
+}
+
+TEST_F(RestDefenderClientTest, CancelCommentGoesOutAsUtf8AndIdIsEscaped) {
+  transport_.Enqueue(200, kActionJson);
+  transport_.Enqueue(200, kActionJson);
+  const std::string comment = "He said \"stop\" \\ Ünïcødé ✓\n";
+  ASSERT_TRUE(Cancel("a b/c", comment).ok());
+  ASSERT_TRUE(Cancel(kActionId, "bad \xff byte").ok());
+  const std::vector<http::HttpRequest> requests = transport_.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].url,
+            absl::StrCat(kBaseUrl, "/api/machineactions/", http::UrlEscape("a b/c"), "/cancel"));
+  EXPECT_EQ(requests[0].body, "{\"Comment\":\"He said \\\"stop\\\" \\\\ Ünïcødé ✓\\n\"}");
+  EXPECT_EQ(json::parse(requests[0].body), json({{"Comment", comment}}));
+  EXPECT_EQ(json::parse(requests[1].body), json({{"Comment", "bad \xEF\xBF\xBD byte"}}));
+}
+
+TEST_F(RestDefenderClientTest, CancelOfAFinalActionIsInvalidArgument) {
+  transport_.Enqueue(400, R"({"error": {"code": "BadRequest",
+                              "message": "Action is already in final state", "target": "t-7"}})");
+  transport_.Enqueue(200, kActionJson);  // never reached
+  absl::StatusOr<MachineAction> action = Cancel(kActionId, "undo");
+  ASSERT_FALSE(action.ok());
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ErrorReason(action.status()), "DEFENDER_BAD_REQUEST");
+  EXPECT_EQ(Metadata(action.status(), "defender_message"), "Action is already in final state");
+  EXPECT_EQ(Metadata(action.status(), "attempts"), "1");
+  EXPECT_EQ(Metadata(action.status(), "outcome"), "<absent>");
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(RestDefenderClientTest, CancelUnreadableAnswerIsBadUpstreamResponse) {
+  transport_.Enqueue(200, R"({"status": "Cancelled"})");
+  absl::StatusOr<MachineAction> action = Cancel(kActionId, "undo");
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ErrorReason(action.status()), "BAD_UPSTREAM_RESPONSE");
+  EXPECT_EQ(Metadata(action.status(), "http_status"), "200");
+  EXPECT_EQ(transport_.requests().size(), 1u);  // no lookup, no second POST
+}
+
+TEST_F(RestDefenderClientTest, GetsFile) {
+  transport_.Enqueue(200, json{{"sha1", "4388963AAA83AFE2042A46A3C017AD50BDCDAFB3"},
+                               {"sha256", kSha256},
+                               {"md5", "1b8e1f4c0a0f0e0b0c0d0e0f10111213"},
+                               {"size", 22139496},
+                               {"fileType", "APP"},
+                               {"isPeFile", true},
+                               {"filePublisher", "Contoso Ltd."},
+                               {"signer", "Contoso Ltd."},
+                               {"isValidCertificate", false},
+                               {"determinationType", "Pup"}}
+                              .dump());
+  absl::StatusOr<FileInfo> file = File(kSha256);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->sha1, "4388963aaa83afe2042a46a3c017ad50bdcdafb3");
+  EXPECT_EQ(file->sha256, kSha256);
+  EXPECT_EQ(file->md5, "1b8e1f4c0a0f0e0b0c0d0e0f10111213");
+  EXPECT_EQ(file->size, 22139496);
+  EXPECT_EQ(file->file_type, "APP");
+  EXPECT_EQ(file->file_publisher, "Contoso Ltd.");
+  EXPECT_EQ(file->signer, "Contoso Ltd.");
+  EXPECT_EQ(file->is_valid_certificate, false);
+  EXPECT_EQ(file->determination_type, "Pup");
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "GET");
+  EXPECT_EQ(request.url, absl::StrCat("https://api.example.test/api/files/", kSha256));
+  EXPECT_EQ(request.body, "");
+  EXPECT_TRUE(HeaderValues(request, "Content-Type").empty());
+  EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
+  EXPECT_TRUE(request.idempotent);
+}
+
+TEST_F(RestDefenderClientTest, GetFileHashIsUrlEscaped) {
+  transport_.Enqueue(200, json{{"sha1", kSha1}}.dump());
+  ASSERT_TRUE(File("../x?y#z").ok());
+  EXPECT_EQ(transport_.requests()[0].url,
+            absl::StrCat(kBaseUrl, "/api/files/", http::UrlEscape("../x?y#z")));
+}
+
+TEST_F(RestDefenderClientTest, GetFileNotFound) {
+  transport_.Enqueue(404, R"({"error": {"code": "ResourceNotFound",
+                              "message": "File 413c was not found"}})");
+  absl::StatusOr<FileInfo> file = File(kSha256);
+  ASSERT_FALSE(file.ok());
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ErrorReason(file.status()), "DEFENDER_NOT_FOUND");
+  EXPECT_EQ(Metadata(file.status(), "defender_message"), "File 413c was not found");
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(RestDefenderClientTest, GetFileUnreadableAnswerIsInternal) {
+  for (const char* body : {"<html>secret-ish page</html>", R"(["secret-ish"])",
+                           R"({"md5": "secret-ish", "sha1": null, "sha256": 5})"}) {
+    transport_.Enqueue(200, body);
+    absl::StatusOr<FileInfo> file = File(kSha256);
+    ASSERT_FALSE(file.ok()) << body;
+    EXPECT_EQ(file.status().code(), absl::StatusCode::kInternal) << body;
+    EXPECT_EQ(ErrorReason(file.status()), "BAD_UPSTREAM_RESPONSE") << body;
+    EXPECT_EQ(Metadata(file.status(), "http_status"), "200") << body;
+    EXPECT_EQ(Metadata(file.status(), "attempts"), "1") << body;
+    ExpectNoSecret(file.status(), "secret-ish");
+  }
+}
+
+TEST_F(RestDefenderClientTest, GetFileAlsoRetries401) {
+  transport_.Enqueue(401, "");
+  transport_.Enqueue(200, json{{"sha256", kSha256}}.dump());
+  absl::StatusOr<FileInfo> file = File(kSha256);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->sha1, "");
+  ASSERT_EQ(credential_.contexts().size(), 2u);
+  EXPECT_EQ(credential_.contexts()[1].rejected_token, "t1");
+}
+
+TEST_F(RestDefenderClientTest, FindMachinesSendsTheFilter) {
+  transport_.Enqueue(200, R"({"@odata.context": "x", "value": []})");
+  absl::StatusOr<std::vector<MachineInfo>> machines = Machines("host1.contoso.com");
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  EXPECT_TRUE(machines->empty());
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "GET");
+  EXPECT_EQ(FilterOf(request.url, "https://api.example.test/api/machines"),
+            "computerDnsName eq 'host1.contoso.com'");
+  EXPECT_EQ(request.url,
+            "https://api.example.test/api/machines?$filter="
+            "computerDnsName%20eq%20%27host1.contoso.com%27");
+  EXPECT_EQ(request.body, "");
+  EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
+  EXPECT_TRUE(request.idempotent);
+}
+
+TEST_F(RestDefenderClientTest, FindMachinesDoublesQuotesInTheName) {
+  transport_.Enqueue(200, R"({"value": []})");
+  ASSERT_TRUE(Machines("o'brien' or 1 eq 1 or id eq '&x#y").ok());
+  EXPECT_EQ(FilterOf(transport_.requests()[0].url, "https://api.example.test/api/machines"),
+            "computerDnsName eq 'o''brien'' or 1 eq 1 or id eq ''&x#y'");
+}
+
+TEST_F(RestDefenderClientTest, FindMachinesOneResult) {
+  transport_.Enqueue(200, R"({"value": [{
+      "id": "1E5BC9D7E413DDD7902C2932E418702B84D0CC07",
+      "computerDnsName": "host1.contoso.com", "osPlatform": "Windows11",
+      "healthStatus": "Active", "lastIpAddress": "10.0.0.4",
+      "lastSeen": "2018-08-02T14:55:03.7791856Z", "machineTags": ["a"]}]})");
+  absl::StatusOr<std::vector<MachineInfo>> machines = Machines("host1.contoso.com");
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  ASSERT_EQ(machines->size(), 1u);
+  const MachineInfo& machine = (*machines)[0];
+  EXPECT_EQ(machine.id, kMachineId);
+  EXPECT_EQ(machine.computer_dns_name, "host1.contoso.com");
+  EXPECT_EQ(machine.os_platform, "Windows11");
+  EXPECT_EQ(machine.health_status, "Active");
+  EXPECT_EQ(machine.last_ip_address, "10.0.0.4");
+  EXPECT_EQ(machine.last_seen, ParseDefenderTime("2018-08-02T14:55:03.7791856Z"));
+  ASSERT_TRUE(machine.last_seen.has_value());
+}
+
+TEST_F(RestDefenderClientTest, FindMachinesTwoResultsAndSkipsEntriesWithoutId) {
+  transport_.Enqueue(200, R"({"value": [
+      {"id": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "computerDnsName": "dup.contoso.com",
+       "healthStatus": "Inactive", "lastSeen": null},
+      {"computerDnsName": "no-id.contoso.com"},
+      {"id": null}, {"id": 5}, "junk", null,
+      {"id": "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "computerDnsName": "dup.contoso.com",
+       "healthStatus": "Active", "osPlatform": null}]})");
+  absl::StatusOr<std::vector<MachineInfo>> machines = Machines("dup.contoso.com");
+  ASSERT_TRUE(machines.ok()) << machines.status();
+  ASSERT_EQ(machines->size(), 2u);
+  EXPECT_EQ((*machines)[0].id, std::string(40, 'a'));
+  EXPECT_EQ((*machines)[0].health_status, "Inactive");
+  EXPECT_EQ((*machines)[0].last_seen, std::nullopt);
+  EXPECT_EQ((*machines)[1].id, std::string(40, 'b'));
+  EXPECT_EQ((*machines)[1].health_status, "Active");
+  EXPECT_EQ((*machines)[1].os_platform, "");
+}
+
+TEST_F(RestDefenderClientTest, FindMachinesWithoutValueIsInternal) {
+  transport_.Enqueue(200, R"({"id": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"})");
+  absl::StatusOr<std::vector<MachineInfo>> machines = Machines("h");
+  EXPECT_EQ(machines.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ErrorReason(machines.status()), "BAD_UPSTREAM_RESPONSE");
+  EXPECT_EQ(Metadata(machines.status(), "http_status"), "200");
+}
+
+TEST_F(RestDefenderClientTest, FindMachinesForbidden) {
+  transport_.Enqueue(403, R"({"error": {"code": "Forbidden", "message": "Missing role"}})");
+  absl::StatusOr<std::vector<MachineInfo>> machines = Machines("h");
+  EXPECT_EQ(machines.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentActionFoundIsReturnedWithoutPost) {
+  const absl::Time since = absl::FromUnixSeconds(1700000000);
+  transport_.Enqueue(200, ListOf({ActionWith("other-comment", kSha1, "someone else"),
+                                  ActionWith("earlier", kSha1, kComment)}));
+  transport_.Enqueue(201, kActionJson);  // never reached
+  absl::StatusOr<MachineAction> action = QuarantineSince(since, kComment);
+  ASSERT_TRUE(action.ok()) << action.status();
+  EXPECT_EQ(action->id, "earlier");
+
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  const http::HttpRequest request = transport_.requests()[0];
+  EXPECT_EQ(request.method, "GET");
+  EXPECT_EQ(FilterOf(request.url, "https://api.example.test/api/machineactions"),
+            absl::StrCat("machineId eq '", kMachineId,
+                         "' and type eq 'StopAndQuarantineFile' and creationDateTimeUtc ge "
+                         "2023-11-14T22:08:20.000Z"));  // since, less 5 minutes of skew
+  EXPECT_EQ(HeaderValues(request, "Authorization"), std::vector<std::string>{"Bearer t1"});
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentActionNotFoundIsPostedOnce) {
+  transport_.Enqueue(200, ListOf({ActionWith("other-comment", kSha1, "someone else"),
+                                  ActionWith("other-file", std::string(40, 'c'), kComment)}));
+  transport_.Enqueue(201, kActionJson);
+  transport_.Enqueue(201, kActionJson);  // a second POST would find this
+  absl::StatusOr<MachineAction> action = QuarantineSince(absl::Now() - absl::Minutes(1), kComment);
+  ASSERT_TRUE(action.ok()) << action.status();
+  EXPECT_EQ(action->id, kActionId);
+  const std::vector<http::HttpRequest> requests = transport_.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].method, "GET");
+  EXPECT_TRUE(absl::StartsWith(requests[0].url,
+                               absl::StrCat(kBaseUrl, "/api/machineactions?$filter=")));
+  EXPECT_EQ(requests[1].method, "POST");
+  EXPECT_EQ(requests[1].url, absl::StrCat(kBaseUrl, "/api/machines/", kMachineId,
+                                          "/StopAndQuarantineFile"));
+  EXPECT_EQ(json::parse(requests[1].body), json({{"Comment", kComment}, {"Sha1", kSha1}}));
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentLookupFailureSendsNothing) {
+  // Without a scheduler nothing is retried: the lookup's 503 is final.
+  transport_.Enqueue(503, R"({"error": {"code": "ServiceUnavailable", "message": "busy"}})");
+  transport_.Enqueue(201, kActionJson);  // never reached
+  absl::StatusOr<MachineAction> action = QuarantineSince(absl::Now(), kComment);
+  ASSERT_FALSE(action.ok());
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ErrorReason(action.status()), "DEFENDER_UNAVAILABLE");
+  EXPECT_EQ(Metadata(action.status(), "defender_message"), "busy");
+  EXPECT_EQ(Metadata(action.status(), "outcome"), "unknown");
+  EXPECT_EQ(Metadata(action.status(), "attempts"), "1");
+  ASSERT_EQ(transport_.requests().size(), 1u);
+  EXPECT_EQ(transport_.requests()[0].method, "GET");
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentLookupForbiddenSendsNothing) {
+  transport_.Enqueue(403, R"({"error": {"code": "Forbidden", "message": "Missing role"}})");
+  absl::StatusOr<MachineAction> action = QuarantineSince(absl::Now(), kComment);
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Metadata(action.status(), "outcome"), "unknown");
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentUnreadableLookupSendsNothing) {
+  transport_.Enqueue(200, "<html>oops</html>");
+  absl::StatusOr<MachineAction> action = QuarantineSince(absl::Now(), kComment);
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(ErrorReason(action.status()), "BAD_UPSTREAM_RESPONSE");
+  EXPECT_EQ(Metadata(action.status(), "outcome"), "unknown");
+  EXPECT_EQ(transport_.requests().size(), 1u);
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentTokenFailureSendsNothing) {
+  credential_.FailCall(1, MakeError(absl::StatusCode::kUnauthenticated, "AADSTS7000215",
+                                    "TOKEN_REQUEST_REJECTED"));
+  absl::StatusOr<MachineAction> action = QuarantineSince(absl::Now(), kComment);
+  EXPECT_EQ(action.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(ErrorReason(action.status()), "TOKEN_REQUEST_REJECTED");
+  EXPECT_EQ(Metadata(action.status(), "outcome"), "unknown");
+  EXPECT_TRUE(transport_.requests().empty());
+}
+
+TEST_F(RestDefenderClientTest, MaybeSentSinceFarInThePastIsAValidFilter) {
+  transport_.Enqueue(200, ListOf({}));
+  transport_.Enqueue(201, kActionJson);
+  ASSERT_TRUE(QuarantineSince(absl::InfinitePast(), kComment).ok());
+  EXPECT_TRUE(absl::EndsWith(
+      FilterOf(transport_.requests()[0].url, "https://api.example.test/api/machineactions"),
+      "creationDateTimeUtc ge 1970-01-01T00:00:00.000Z"));
+}
+
+TEST_F(RestDefenderClientRetryTest, CancelIsRetriedAfterServerErrorsWithoutLookup) {
+  transport_.Enqueue(503, "");
+  transport_.EnqueueError(TransportError("UPSTREAM_CONNECTION_LOST", /*sent=*/true));
+  transport_.Enqueue(200, kActionJson);
+  StartCancel(absl::Seconds(30));
+  RunTimers();
+  ASSERT_TRUE(result_.has_value());
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ(Methods(), (Seq{"POST", "POST", "POST"}));
+  for (const http::HttpRequest& request : transport_.requests()) {
+    EXPECT_EQ(request.url, absl::StrCat(kBaseUrl, "/api/machineactions/", kActionId, "/cancel"));
+    EXPECT_EQ(request.body, R"({"Comment":"undo"})");
+  }
+  EXPECT_GT(clock_.Now(), start_);  // backed off
+  EXPECT_EQ(callbacks_, 1);
+}
+
+TEST_F(RestDefenderClientRetryTest, CancelPersistentFaultsFailUnavailable) {
+  for (int i = 0; i < 50; ++i) transport_.Enqueue(503, "");
+  StartCancel(absl::Seconds(3));
+  RunTimers();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Metadata(result_->status(), "outcome"), "<absent>");
+  EXPECT_GE(transport_.requests().size(), 3u);
+  for (const std::string& method : Methods()) EXPECT_EQ(method, "POST");
+}
+
+TEST_F(RestDefenderClientRetryTest, MaybeSentLookupIsRetriedThenPostsOnce) {
+  transport_.Enqueue(503, "");
+  transport_.Enqueue(200, ListOf({}));
+  transport_.Enqueue(201, kActionJson);
+  StartQuarantine(absl::Seconds(30), nullptr, clock_.Now() - absl::Hours(1));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ((*result_)->id, kActionId);
+  EXPECT_EQ(Methods(), (Seq{"LIST", "LIST", "POST"}));
+}
+
+TEST_F(RestDefenderClientRetryTest, MaybeSentLookupFailingUntilTheDeadlineSendsNothing) {
+  for (int i = 0; i < 50; ++i) transport_.Enqueue(503, "");
+  StartQuarantine(absl::Seconds(3), nullptr, clock_.Now() - absl::Minutes(2));
+  RunTimers();
+  ASSERT_TRUE(result_.has_value());
+  EXPECT_EQ(result_->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ErrorReason(result_->status()), "DEFENDER_UNAVAILABLE");
+  EXPECT_EQ(Metadata(result_->status(), "outcome"), "unknown");
+  EXPECT_LE(clock_.Now(), start_ + absl::Seconds(3));
+  EXPECT_GE(transport_.requests().size(), 2u);
+  for (const std::string& method : Methods()) EXPECT_EQ(method, "LIST");
+  EXPECT_EQ(callbacks_, 1);
+}
+
+TEST_F(RestDefenderClientRetryTest, MaybeSentThenFaultLooksFromTheEarlierTime) {
+  const absl::Time since = clock_.Now() - absl::Hours(1);
+  transport_.Enqueue(200, ListOf({}));
+  transport_.Enqueue(502, "");
+  transport_.Enqueue(200, ListOf({ActionWith("mine", kSha1, kComment)}));
+  StartQuarantine(absl::Seconds(30), nullptr, since);
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ((*result_)->id, "mine");
+  EXPECT_EQ(Methods(), (Seq{"LIST", "POST", "LIST"}));
+  const std::string expected_since = FormatDefenderTime(since - absl::Minutes(5));
+  for (size_t i : {0u, 2u}) {
+    EXPECT_TRUE(absl::EndsWith(FilterOf(transport_.requests()[i].url,
+                                        "https://api.example.test/api/machineactions"),
+                               "creationDateTimeUtc ge " + expected_since))
+        << transport_.requests()[i].url;
+  }
+}
+
+TEST_F(RestDefenderClientRetryTest, MaybeSentAlreadyRunningIsOurEarlierAction) {
+  transport_.Enqueue(200, ListOf({}));  // not visible yet
+  transport_.Enqueue(400, R"({"error": {"code": "ActiveRequestAlreadyExists"}})");
+  transport_.Enqueue(200, ListOf({ActionWith("earlier", kSha1, kComment)}));
+  StartQuarantine(absl::Seconds(30), nullptr, clock_.Now() - absl::Minutes(1));
+  RunTimers();
+  ASSERT_TRUE(result_->ok()) << result_->status();
+  EXPECT_EQ((*result_)->id, "earlier");
+  EXPECT_EQ(Methods(), (Seq{"LIST", "POST", "LIST"}));
+}
+
+TEST_F(RestDefenderClientRetryTest, NewOperationsHaveTheirOwnRateBudgets) {
+  RejectingLimiter limiter;
+  RestDefenderClientOptions options;
+  options.api_base_url = kBaseUrl;
+  options.scope = kScope;
+  options.tenant = "contoso";
+  options.limiter = &limiter;
+  RestDefenderClient client(options, credential_, transport_);
+  const absl::Time deadline = clock_.Now() + absl::Seconds(30);
+  std::vector<absl::Status> errors;
+  client.CancelMachineAction(kActionId, "c", deadline, [&](absl::StatusOr<MachineAction> a) {
+    errors.push_back(a.status());
+  });
+  client.GetFile(kSha1, deadline, [&](absl::StatusOr<FileInfo> f) { errors.push_back(f.status()); });
+  client.FindMachinesByDnsName("h", deadline, [&](absl::StatusOr<std::vector<MachineInfo>> m) {
+    errors.push_back(m.status());
+  });
+  client.StopAndQuarantineFile({kMachineId, kSha1, "c", clock_.Now()}, deadline,
+                               [&](absl::StatusOr<MachineAction> a) {
+                                 errors.push_back(a.status());
+                               });
+  EXPECT_EQ(limiter.keys,
+            (std::vector<std::string>{"contoso/CancelMachineAction", "contoso/GetFile",
+                                      "contoso/ListMachines", "contoso/ListMachineActions"}));
+  ASSERT_EQ(errors.size(), 4u);
+  for (const absl::Status& error : errors) {
+    EXPECT_EQ(error.code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(Metadata(errors[3], "outcome"), "unknown");  // the lookup could not run
+  EXPECT_TRUE(transport_.requests().empty());
 }
 
 }  // namespace
