@@ -106,8 +106,8 @@ class Journal {
 };
 
 // NoJournal keeps nothing: Begin always creates (ids count up from 1), Update
-// succeeds, List is empty. For tests and for running without a state
-// directory.
+// succeeds, List is empty. Callbacks run inside Begin and Update. For tests
+// and for running without a state directory.
 class NoJournal final : public Journal {
  public:
   void Begin(Entry entry, absl::Time window_start, BeginCallback done) override;
