@@ -26,6 +26,11 @@ struct RawSettings {
   int rate_per_minute = 100;
   int rate_per_hour = 1500;
   int shutdown_grace_seconds = 10;
+  std::string state_dir;
+  int request_id_window_hours = 168;
+  int journal_retention_days = 90;
+  int watch_poll_seconds = 2;
+  int watch_max_poll_seconds = 30;
 };
 
 void RegisterFlags(FlagParser& flags, RawSettings& raw) {
@@ -58,6 +63,49 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                "Defender requests an hour per tenant and API (DEFENDER_RATE_PER_HOUR; 0 = off)");
   flags.AddInt("shutdown-grace-seconds", &raw.shutdown_grace_seconds,
                "time in-flight calls get to finish at SIGTERM/SIGINT");
+  flags.AddString("state-dir", &raw.state_dir,
+                  "directory of the request journal (DEFENDER_STATE_DIR; default "
+                  "$STATE_DIRECTORY or ~/.local/state/defender-plugin)",
+                  "DIR");
+  flags.AddInt("request-id-window-hours", &raw.request_id_window_hours,
+               "how long a request_id is remembered (DEFENDER_REQUEST_ID_WINDOW_HOURS; 168, "
+               "at least 24)");
+  flags.AddInt("journal-retention-days", &raw.journal_retention_days,
+               "how long journal entries are kept (DEFENDER_JOURNAL_RETENTION_DAYS; 90)");
+  flags.AddInt("watch-poll-seconds", &raw.watch_poll_seconds,
+               "first pause between WatchMachineAction polls (DEFENDER_WATCH_POLL_SECONDS; 2)");
+  flags.AddInt("watch-max-poll-seconds", &raw.watch_max_poll_seconds,
+               "longest pause between polls (DEFENDER_WATCH_MAX_POLL_SECONDS; 30)");
+}
+
+// PickInt sets `out` from the flag if given, else from `var` if set, else
+// leaves `value`; INVALID_CONFIGURATION when `var` is not a whole number.
+absl::Status PickInt(const FlagParser& flags, const char* flag, int value, const EnvLookup& env,
+                     const char* var, int* out) {
+  if (!flags.WasSet(flag)) {
+    absl::optional<std::string> text = env(var);
+    if (text && !text->empty() && !absl::SimpleAtoi(*text, &value)) {
+      return MakeError(absl::StatusCode::kInvalidArgument,
+                       absl::StrCat(var, " must be a whole number"), "INVALID_CONFIGURATION");
+    }
+  }
+  *out = value;
+  return absl::OkStatus();
+}
+
+// DefaultStateDir is where the journal lives when nothing says otherwise.
+std::string DefaultStateDir(const EnvLookup& env) {
+  if (auto systemd = env("STATE_DIRECTORY"); systemd && !systemd->empty()) {
+    // systemd may list several, separated by ':'; the first is ours.
+    return systemd->substr(0, systemd->find(':'));
+  }
+  if (auto xdg = env("XDG_STATE_HOME"); xdg && !xdg->empty()) {
+    return absl::StrCat(*xdg, "/defender-plugin");
+  }
+  if (auto home = env("HOME"); home && !home->empty()) {
+    return absl::StrCat(*home, "/.local/state/defender-plugin");
+  }
+  return "defender-state";
 }
 
 absl::Status ConfigError(const std::string& message) {
@@ -171,6 +219,36 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     }
     *rate.out = value;
   }
+
+  config.state_dir = Pick(raw.state_dir, env, "DEFENDER_STATE_DIR");
+  if (config.state_dir.empty()) config.state_dir = DefaultStateDir(env);
+  int window_hours = 0, retention_days = 0, poll_seconds = 0, max_poll_seconds = 0;
+  for (absl::Status picked :
+       {PickInt(flags, "request-id-window-hours", raw.request_id_window_hours, env,
+                "DEFENDER_REQUEST_ID_WINDOW_HOURS", &window_hours),
+        PickInt(flags, "journal-retention-days", raw.journal_retention_days, env,
+                "DEFENDER_JOURNAL_RETENTION_DAYS", &retention_days),
+        PickInt(flags, "watch-poll-seconds", raw.watch_poll_seconds, env,
+                "DEFENDER_WATCH_POLL_SECONDS", &poll_seconds),
+        PickInt(flags, "watch-max-poll-seconds", raw.watch_max_poll_seconds, env,
+                "DEFENDER_WATCH_MAX_POLL_SECONDS", &max_poll_seconds)}) {
+    if (!picked.ok()) return picked;
+  }
+  if (window_hours < 24) {
+    return ConfigError("DEFENDER_REQUEST_ID_WINDOW_HOURS (--request-id-window-hours) must be "
+                       "at least 24");
+  }
+  if (retention_days * 24 < window_hours) {
+    return ConfigError("DEFENDER_JOURNAL_RETENTION_DAYS (--journal-retention-days) must cover "
+                       "the request-id window");
+  }
+  if (poll_seconds < 1 || max_poll_seconds < poll_seconds) {
+    return ConfigError("--watch-poll-seconds must be >= 1 and --watch-max-poll-seconds >= it");
+  }
+  config.request_id_window = absl::Hours(window_hours);
+  config.journal_retention = absl::Hours(24 * retention_days);
+  config.watch_poll_interval = absl::Seconds(poll_seconds);
+  config.watch_max_poll_interval = absl::Seconds(max_poll_seconds);
 
   config.ca_file = Pick(raw.ca_file, env, "DEFENDER_CA_FILE");
   if (!config.ca_file.empty() && !std::ifstream(config.ca_file).good()) {

@@ -82,6 +82,18 @@ struct PluginConfig {
   int rate_per_minute = 100;  // per tenant and API; 0 = window off
   int rate_per_hour = 1500;
   absl::Duration shutdown_grace = absl::Seconds(10);
+  // Where the request journal lives (--state-dir, DEFENDER_STATE_DIR; else
+  // systemd's STATE_DIRECTORY, else $XDG_STATE_HOME/defender-plugin, else
+  // $HOME/.local/state/defender-plugin).
+  std::string state_dir;
+  // A request_id is remembered this long (at least 24 hours).
+  absl::Duration request_id_window = absl::Hours(24 * 7);
+  // Journal entries are kept this long (at least request_id_window).
+  absl::Duration journal_retention = absl::Hours(24 * 90);
+  // WatchMachineAction polls after this pause, growing 1.5x per unchanged
+  // answer up to watch_max_poll_interval, back to the start on a change.
+  absl::Duration watch_poll_interval = absl::Seconds(2);
+  absl::Duration watch_max_poll_interval = absl::Seconds(30);
   std::vector<TenantConfig> tenants;  // tenants[0] is the default tenant
   std::string config_file;            // --config: where tenants came from ("" = environment)
   // Where managed identities get tokens (process-wide, from the environment

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "adapters/common/error.h"
+#include "adapters/journal/sqlite_journal.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -25,7 +26,26 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
     absl::MutexLock lock(&server->mu_);
     server->plugin_ = *std::move(plugin);
   }
-  server->service_ = std::make_unique<ResponseServiceImpl>(*server, config.default_timeout);
+  // The journal (exactly-once and audit) and what serves the action RPCs.
+  journal::SqliteJournalOptions journal_options;
+  journal_options.retention = config.journal_retention;
+  absl::StatusOr<std::unique_ptr<journal::SqliteJournal>> journal =
+      journal::SqliteJournal::Open(config.state_dir, journal_options);
+  if (!journal.ok()) return journal.status();
+  server->journal_ = *std::move(journal);
+  server->ledger_ = std::make_unique<RequestLedger>(*server->journal_, config.request_id_window);
+  WatchOptions watch_options;
+  watch_options.initial_interval = config.watch_poll_interval;
+  watch_options.max_interval = config.watch_max_poll_interval;
+  server->watches_ =
+      std::make_unique<WatchHub>(server->runtime_->scheduler(), watch_options);
+  server->resolver_ = std::make_unique<TargetResolver>();
+  ServiceParts parts;
+  parts.ledger = server->ledger_.get();
+  parts.watches = server->watches_.get();
+  parts.resolver = server->resolver_.get();
+  server->service_ =
+      std::make_unique<ResponseServiceImpl>(*server, parts, config.default_timeout);
 
   // Health and reflection, so generic gRPC tools can list, check and call it.
   grpc::EnableDefaultHealthCheckService(true);
@@ -73,14 +93,22 @@ void PluginServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  // Watches end now, telling their callers to reconnect elsewhere.
+  watches_->Close(MakeError(absl::StatusCode::kUnavailable,
+                            "the plugin is shutting down: watch again", "SHUTTING_DOWN"));
   // Waits for every call: those past the grace are cancelled, which stops
   // their waits, retries and requests.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   server_->Wait();
+  // Polls first (they use the clients and the timers), then the tenants, the
+  // journal (its queued writes are completed), and the runtime.
+  watches_.reset();
   {
     absl::MutexLock lock(&mu_);
     plugin_.reset();
   }
+  ledger_.reset();
+  journal_.reset();
   runtime_.reset();
 }
 

@@ -15,9 +15,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "adapters/journal/journal.h"
 #include "server/config.h"
 #include "server/plugin.h"
+#include "server/request_ledger.h"
 #include "server/response_service_impl.h"
+#include "server/target_resolver.h"
+#include "server/watch_hub.h"
 
 namespace defender {
 
@@ -28,7 +32,8 @@ inline constexpr char kServiceName[] = "defender.v1.ResponseService";
 class PluginServer final : public TenantDirectory {
  public:
   // Start builds the plugin from `config` and starts serving. It fails when the
-  // adapters refuse the configuration or the address cannot be bound.
+  // adapters refuse the configuration, the journal in config.state_dir cannot
+  // be opened, or the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<PluginServer>> Start(const PluginConfig& config);
 
   // Calls Shutdown(zero) if it has not run.
@@ -54,6 +59,10 @@ class PluginServer final : public TenantDirectory {
   PluginServer() = default;
 
   std::unique_ptr<PluginRuntime> runtime_;
+  std::unique_ptr<journal::Journal> journal_;  // in config.state_dir
+  std::unique_ptr<RequestLedger> ledger_;
+  std::unique_ptr<WatchHub> watches_;
+  std::unique_ptr<TargetResolver> resolver_;
   mutable absl::Mutex mu_;
   std::shared_ptr<Plugin> plugin_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ResponseServiceImpl> service_;

@@ -1,24 +1,50 @@
 // response_service_impl.h: defender.v1.ResponseService on gRPC's callback API.
 //
 // Each RPC validates its input, finds the tenant, and hands the call to the
-// tenant's DefenderClient; the reactor is finished from the client's callback,
-// so no thread waits on Defender. The call's bound is the caller's gRPC
-// deadline, or `default_timeout` from now when that is sooner or absent.
+// tenant's DefenderClient; reactors are finished from the client's callbacks,
+// so no thread waits on Defender. A unary call's bound is the caller's gRPC
+// deadline, or `default_timeout` from now when that is sooner or absent; a
+// batch without a deadline is bounded by kBatchDefaultTimeout, a watch only
+// by the caller.
+//
+// Actions (QuarantineFile, each device of BatchQuarantineFile,
+// CancelMachineAction) go through the RequestLedger: journaled before they
+// start and before they are answered, and at most once per request_id.
 #ifndef DEFENDER_SERVER_RESPONSE_SERVICE_IMPL_H_
 #define DEFENDER_SERVER_RESPONSE_SERVICE_IMPL_H_
+
+#include <memory>
+#include <string>
 
 #include "absl/time/time.h"
 #include "adapters/common/clock.h"
 #include "defender/v1/response_service.grpc.pb.h"
 #include "server/plugin.h"
+#include "server/request_ledger.h"
+#include "server/target_resolver.h"
+#include "server/watch_hub.h"
 
 namespace defender {
+
+// kBatchDefaultTimeout bounds a BatchQuarantineFile call that has no deadline.
+inline constexpr absl::Duration kBatchDefaultTimeout = absl::Hours(1);
+// kBatchConcurrency is how many devices of one batch are in flight at once
+// (the rate budget paces them further).
+inline constexpr int kBatchConcurrency = 16;
+
+// ServiceParts are what the service uses besides the tenants; all must
+// outlive it.
+struct ServiceParts {
+  RequestLedger* ledger = nullptr;
+  WatchHub* watches = nullptr;
+  TargetResolver* resolver = nullptr;
+};
 
 // ResponseServiceImpl serves the API. Thread-safe; `tenants` must outlive it.
 class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
  public:
-  ResponseServiceImpl(const TenantDirectory& tenants, absl::Duration default_timeout,
-                      Clock& clock = Clock::Real());
+  ResponseServiceImpl(const TenantDirectory& tenants, ServiceParts parts,
+                      absl::Duration default_timeout, Clock& clock = Clock::Real());
 
   grpc::ServerUnaryReactor* QuarantineFile(grpc::CallbackServerContext* context,
                                            const v1::QuarantineFileRequest* request,
@@ -28,16 +54,34 @@ class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
                                              const v1::GetMachineActionRequest* request,
                                              v1::MachineAction* response) override;
 
+  grpc::ServerWriteReactor<v1::MachineAction>* WatchMachineAction(
+      grpc::CallbackServerContext* context, const v1::WatchMachineActionRequest* request) override;
+
+  grpc::ServerUnaryReactor* CancelMachineAction(grpc::CallbackServerContext* context,
+                                                const v1::CancelMachineActionRequest* request,
+                                                v1::MachineAction* response) override;
+
+  grpc::ServerWriteReactor<v1::BatchQuarantineFileResponse>* BatchQuarantineFile(
+      grpc::CallbackServerContext* context,
+      const v1::BatchQuarantineFileRequest* request) override;
+
  private:
+  class BatchRun;
+
   // Resolve returns the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> Resolve(const std::string& tenant) const;
-  // Deadline is when the call must be answered.
+  // Deadline is when a unary call must be answered.
   absl::Time Deadline(const grpc::CallbackServerContext& context) const;
 
   const TenantDirectory& tenants_;
+  const ServiceParts parts_;
   const absl::Duration default_timeout_;
   Clock& clock_;
 };
+
+// CallerOf names who is calling, for the audit trail: the authenticated
+// identity when the channel has one, else the peer address.
+std::string CallerOf(const grpc::CallbackServerContext& context);
 
 }  // namespace defender
 

@@ -1,5 +1,9 @@
 #include "server/validation.h"
 
+#include <map>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "adapters/common/error.h"
@@ -8,8 +12,10 @@ namespace defender {
 namespace {
 
 absl::Status FieldError(const std::string& field, const std::string& reason,
-                        const std::string& message) {
-  return MakeError(absl::StatusCode::kInvalidArgument, message, reason, {{"field", field}});
+                        const std::string& message,
+                        std::map<std::string, std::string> metadata = {}) {
+  metadata["field"] = field;
+  return MakeError(absl::StatusCode::kInvalidArgument, message, reason, metadata);
 }
 
 // Utf8Length counts code points in `text` (valid UTF-8: protobuf checks it).
@@ -17,6 +23,61 @@ size_t Utf8Length(absl::string_view text) {
   size_t count = 0;
   for (unsigned char c : text) count += (c & 0xC0) != 0x80;
   return count;
+}
+
+absl::Status ValidateComment(const std::string& comment) {
+  if (comment.empty()) {
+    return FieldError("comment", "COMMENT_REQUIRED",
+                      "comment is required: Defender records it with the action");
+  }
+  if (Utf8Length(comment) > kMaxCommentChars) {
+    return FieldError("comment", "COMMENT_TOO_LONG",
+                      absl::StrCat("comment must be at most ", kMaxCommentChars, " characters"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRequestId(const std::string& request_id) {
+  bool ok = Utf8Length(request_id) <= kMaxRequestIdChars;
+  for (unsigned char c : request_id) ok = ok && c >= 0x20 && c != 0x7f;
+  if (!ok) {
+    return FieldError("request_id", "INVALID_REQUEST_ID",
+                      absl::StrCat("request_id must be at most ", kMaxRequestIdChars,
+                                   " characters, none of them a control character"));
+  }
+  return absl::OkStatus();
+}
+
+// ValidateHash checks that exactly one of sha1 and sha256 is given, well formed.
+absl::Status ValidateHash(const std::string& sha1, const std::string& sha256) {
+  if (sha1.empty() && sha256.empty()) {
+    return FieldError("sha1", "INVALID_SHA1",
+                      "the file is required: give its sha1 (40 hex characters) or its sha256 "
+                      "(64 hex characters)");
+  }
+  if (!sha1.empty() && !sha256.empty()) {
+    return FieldError("sha256", "CONFLICTING_FIELDS",
+                      "give either sha1 or sha256, not both");
+  }
+  if (!sha1.empty() && !IsHex(sha1, 40)) {
+    return FieldError("sha1", "INVALID_SHA1",
+                      "sha1 must be a SHA-1 hash of 40 hexadecimal characters");
+  }
+  if (!sha256.empty() && !IsHex(sha256, 64)) {
+    return FieldError("sha256", "INVALID_SHA256",
+                      "sha256 must be a SHA-256 hash of 64 hexadecimal characters");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateActionId(const std::string& id) {
+  bool ok = !id.empty() && id.size() <= kMaxActionIdChars;
+  for (char c : id) ok = ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-');
+  if (!ok) {
+    return FieldError("id", "INVALID_ACTION_ID",
+                      "id must be a machine action id (a GUID as returned by QuarantineFile)");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -29,40 +90,110 @@ bool IsHex(absl::string_view text, size_t length) {
   return true;
 }
 
+bool IsDnsName(absl::string_view name) {
+  if (name.empty() || name.size() > kMaxDnsNameChars || name.front() == '.' ||
+      name.front() == '-') {
+    return false;
+  }
+  for (char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' &&
+        c != '_') {
+      return false;
+    }
+  }
+  return true;
+}
+
 absl::Status ValidateQuarantineFileRequest(const v1::QuarantineFileRequest& request) {
-  if (!IsHex(request.machine_id(), 40)) {
+  if (request.machine_id().empty() && request.computer_dns_name().empty()) {
+    return FieldError("machine_id", "INVALID_MACHINE_ID",
+                      "the device is required: give its machine_id (40 hex characters) or its "
+                      "computer_dns_name");
+  }
+  if (!request.machine_id().empty() && !request.computer_dns_name().empty()) {
+    return FieldError("computer_dns_name", "CONFLICTING_FIELDS",
+                      "give either machine_id or computer_dns_name, not both");
+  }
+  if (!request.machine_id().empty() && !IsHex(request.machine_id(), 40)) {
     return FieldError("machine_id", "INVALID_MACHINE_ID",
                       "machine_id must be the 40-hex-character Defender device id");
   }
-  if (!IsHex(request.sha1(), 40)) {
-    return FieldError("sha1", "INVALID_SHA1",
-                      "sha1 must be a SHA-1 hash of 40 hexadecimal characters");
+  if (!request.computer_dns_name().empty() && !IsDnsName(request.computer_dns_name())) {
+    return FieldError("computer_dns_name", "INVALID_COMPUTER_DNS_NAME",
+                      "computer_dns_name must be a host name of at most 255 letters, digits, "
+                      "'-', '_' and '.'");
   }
-  if (request.comment().empty()) {
-    return FieldError("comment", "COMMENT_REQUIRED",
-                      "comment is required: Defender records it with the action");
-  }
-  if (Utf8Length(request.comment()) > kMaxCommentChars) {
-    return FieldError("comment", "COMMENT_TOO_LONG",
-                      absl::StrCat("comment must be at most ", kMaxCommentChars, " characters"));
-  }
-  if (request.request_id().size() > kMaxRequestIdChars) {
-    return FieldError("request_id", "INVALID_REQUEST_ID",
-                      absl::StrCat("request_id must be at most ", kMaxRequestIdChars,
-                                   " characters"));
-  }
-  return absl::OkStatus();
+  if (absl::Status hash = ValidateHash(request.sha1(), request.sha256()); !hash.ok()) return hash;
+  if (absl::Status comment = ValidateComment(request.comment()); !comment.ok()) return comment;
+  return ValidateRequestId(request.request_id());
 }
 
 absl::Status ValidateGetMachineActionRequest(const v1::GetMachineActionRequest& request) {
-  const std::string& id = request.id();
-  bool ok = !id.empty() && id.size() <= kMaxActionIdChars;
-  for (char c : id) ok = ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-');
-  if (!ok) {
-    return FieldError("id", "INVALID_ACTION_ID",
-                      "id must be a machine action id (a GUID as returned by QuarantineFile)");
+  return ValidateActionId(request.id());
+}
+
+absl::Status ValidateWatchMachineActionRequest(const v1::WatchMachineActionRequest& request) {
+  return ValidateActionId(request.id());
+}
+
+absl::Status ValidateCancelMachineActionRequest(const v1::CancelMachineActionRequest& request) {
+  if (absl::Status id = ValidateActionId(request.id()); !id.ok()) return id;
+  return ValidateComment(request.comment());
+}
+
+absl::Status ValidateBatchQuarantineFileRequest(const v1::BatchQuarantineFileRequest& request) {
+  const size_t count =
+      static_cast<size_t>(request.machine_ids_size() + request.computer_dns_names_size());
+  if (count == 0) {
+    return FieldError("machine_ids", "MACHINE_REQUIRED",
+                      "at least one device is required in machine_ids or computer_dns_names");
   }
-  return absl::OkStatus();
+  if (count > kMaxBatchMachines) {
+    return FieldError("machine_ids", "TOO_MANY_MACHINES",
+                      absl::StrCat("a batch holds at most ", kMaxBatchMachines, " devices (got ",
+                                   count, "); split it"));
+  }
+  absl::flat_hash_map<std::string, int> seen;
+  int index = 0;
+  for (const std::string& id : request.machine_ids()) {
+    if (!IsHex(id, 40)) {
+      return FieldError("machine_ids", "INVALID_MACHINE_ID",
+                        absl::StrCat("machine_ids[", index,
+                                     "] must be a 40-hex-character Defender device id"),
+                        {{"index", absl::StrCat(index)}});
+    }
+    auto [it, inserted] = seen.emplace(absl::StrCat("id:", absl::AsciiStrToLower(id)), index);
+    if (!inserted) {
+      return FieldError("machine_ids", "DUPLICATE_MACHINE",
+                        absl::StrCat("machine_ids[", index, "] repeats machine_ids[", it->second,
+                                     "]"),
+                        {{"index", absl::StrCat(index)}});
+    }
+    ++index;
+  }
+  int name_index = 0;
+  for (const std::string& name : request.computer_dns_names()) {
+    if (!IsDnsName(name)) {
+      return FieldError("computer_dns_names", "INVALID_COMPUTER_DNS_NAME",
+                        absl::StrCat("computer_dns_names[", name_index,
+                                     "] must be a host name of at most 255 letters, digits, "
+                                     "'-', '_' and '.'"),
+                        {{"index", absl::StrCat(index)}});
+    }
+    auto [it, inserted] =
+        seen.emplace(absl::StrCat("name:", absl::AsciiStrToLower(name)), name_index);
+    if (!inserted) {
+      return FieldError("computer_dns_names", "DUPLICATE_MACHINE",
+                        absl::StrCat("computer_dns_names[", name_index,
+                                     "] repeats computer_dns_names[", it->second, "]"),
+                        {{"index", absl::StrCat(index)}});
+    }
+    ++index;
+    ++name_index;
+  }
+  if (absl::Status hash = ValidateHash(request.sha1(), request.sha256()); !hash.ok()) return hash;
+  if (absl::Status comment = ValidateComment(request.comment()); !comment.ok()) return comment;
+  return ValidateRequestId(request.request_id());
 }
 
 }  // namespace defender

@@ -29,7 +29,7 @@ AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \
 AZURE_CLIENT_SECRET=sandbox-secret \
 AZURE_AUTHORITY_HOST="$sandbox" DEFENDER_API_URL="$sandbox" DEFENDER_CA_FILE="$work/ca.pem" \
   "$BIN/server/defender-plugin" --listen 127.0.0.1:0 --port-file "$work/plugin.port" \
-  >"$work/plugin.log" 2>&1 &
+  --state-dir "$work/state" --watch-poll-seconds 1 >"$work/plugin.log" 2>&1 &
 plugin=$!
 pids+=($plugin)
 wait_for_file "$work/plugin.port"
@@ -48,6 +48,46 @@ id="$(sed -n 's/.*"id": "\([^"]*\)".*/\1/p' "$work/action.json" | head -n 1)"
 # get-action finds it.
 "$ctl" get-action --target "$target" "$id" >"$work/get.json" || fail "get-action failed"
 grep -q "\"id\": \"$id\"" "$work/get.json" || fail "get-action returned another action"
+
+# watch prints one line per status change, ending with SUCCEEDED.
+"$ctl" watch --target "$target" "$id" >"$work/watch.jsonl" || fail "watch failed"
+tail -n 1 "$work/watch.jsonl" | grep -q '"status":"MACHINE_ACTION_STATUS_SUCCEEDED"' \
+  || fail "watch did not end with SUCCEEDED: $(cat "$work/watch.jsonl")"
+
+# cancel of that final action: FAILED_PRECONDITION, exit 1.
+if "$ctl" cancel --target "$target" "$id" --comment "too late" 2>"$work/cancel-err.txt"; then
+  fail "cancel of a final action succeeded"
+fi
+grep -q "ACTION_ALREADY_FINAL" "$work/cancel-err.txt" || fail "no ACTION_ALREADY_FINAL"
+
+# quarantine by host name and SHA-256, with a request id, twice: one action.
+by_name() {
+  "$ctl" quarantine --target "$target" --host desktop-2.contoso.com \
+    --sha256 ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad \
+    --comment "by name" --request-id cli-1
+}
+by_name >"$work/by-name-1.json" || fail "quarantine by host name failed"
+by_name >"$work/by-name-2.json" || fail "repeated quarantine failed"
+first_id="$(sed -n 's/.*"id": "\([^"]*\)".*/\1/p' "$work/by-name-1.json" | head -n 1)"
+grep -q "\"id\": \"$first_id\"" "$work/by-name-2.json" || fail "repeat gave another action"
+
+# batch: one line per device; exit 1 because one device is ambiguous.
+set +e
+"$ctl" batch --target "$target" --machines c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4 \
+  --hosts dup.contoso.com --sha1 87662bc3d60e4200ceaf7aae249d1c343f4b83c9 \
+  --comment "cli batch" >"$work/batch.jsonl" 2>"$work/batch-err.txt"
+code=$?
+set -e
+[ "$code" -eq 1 ] || fail "batch with a failing device exited $code"
+[ "$(wc -l <"$work/batch.jsonl")" -eq 2 ] || fail "batch did not print two lines"
+grep -q '"code":9' "$work/batch.jsonl" || fail "no FAILED_PRECONDITION for the ambiguous name"
+
+# audit reads the journal: every action, who asked, the outcome.
+"$ctl" audit --state-dir "$work/state" >"$work/audit.jsonl" || fail "audit failed"
+grep -q '"request_id":"cli-1".*"replays":1' "$work/audit.jsonl" || fail "audit lacks the repeat"
+grep -q '"method":"CancelMachineAction".*"reason":"ACTION_ALREADY_FINAL"' "$work/audit.jsonl" \
+  || fail "audit lacks the refused cancel"
+grep -q '"caller":"ipv4:127.0.0.1' "$work/audit.jsonl" || fail "audit lacks the caller"
 
 # Invalid input: exit 1, the code and reason on stderr.
 if "$ctl" quarantine --target "$target" --machine nope --sha1 87662bc3d60e4200ceaf7aae249d1c343f4b83c9 \
@@ -79,7 +119,8 @@ write_config() {  # write_config TENANT_NAME...
   mv "$work/plugin.json.tmp" "$work/plugin.json"
 }
 write_config first
-DEFENDER_CA_FILE="$work/ca.pem" "$BIN/server/defender-plugin" --listen 127.0.0.1:0 \
+DEFENDER_CA_FILE="$work/ca.pem" DEFENDER_STATE_DIR="$work/state2" \
+  "$BIN/server/defender-plugin" --listen 127.0.0.1:0 \
   --port-file "$work/plugin2.port" --config "$work/plugin.json" >"$work/plugin2.log" 2>&1 &
 plugin2=$!
 pids+=($plugin2)

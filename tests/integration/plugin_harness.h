@@ -11,7 +11,12 @@
 #include <string>
 #include <vector>
 
+#include <stdlib.h>  // mkdtemp
+
+#include <cstdlib>
+
 #include "absl/status/statusor.h"
+#include "gtest/gtest.h"
 #include "server/config.h"
 
 namespace defender::testing {
@@ -25,12 +30,28 @@ inline EnvLookup EnvFrom(std::map<std::string, std::string> env) {
   };
 }
 
+// NewStateDir makes a fresh, empty directory for a plugin's journal.
+inline std::string NewStateDir() {
+  std::string path = ::testing::TempDir() + "defender-state-XXXXXX";
+  if (::mkdtemp(path.data()) == nullptr) std::abort();
+  return path;
+}
+
 // LoadTestConfig runs LoadConfig on "defender-plugin" + `flags` and `env`.
+// Without --state-dir or DEFENDER_STATE_DIR the journal goes to a fresh
+// directory (NewStateDir), so tests never share request ids.
 inline absl::StatusOr<PluginConfig> LoadTestConfig(const std::vector<std::string>& flags,
                                                   const std::map<std::string, std::string>& env) {
   std::vector<const char*> argv = {"defender-plugin"};
-  for (const std::string& flag : flags) argv.push_back(flag.c_str());
-  return LoadConfig(static_cast<int>(argv.size()), argv.data(), EnvFrom(env));
+  bool state_dir_given = env.count("DEFENDER_STATE_DIR") > 0;
+  for (const std::string& flag : flags) {
+    argv.push_back(flag.c_str());
+    if (flag.rfind("--state-dir", 0) == 0) state_dir_given = true;
+  }
+  absl::StatusOr<PluginConfig> config =
+      LoadConfig(static_cast<int>(argv.size()), argv.data(), EnvFrom(env));
+  if (config.ok() && !state_dir_given) config->state_dir = NewStateDir();
+  return config;
 }
 
 }  // namespace defender::testing
