@@ -35,7 +35,7 @@ WatchHub::~WatchHub() {
   // (its request was cancelled, so it comes back soon).
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
-      +[](std::map<PollKey, std::shared_ptr<Poll>>* polls) { return polls->empty(); }, &polls_));
+      +[](WatchHub* hub) ABSL_NO_THREAD_SAFETY_ANALYSIS { return hub->requests_ == 0; }, this));
 }
 
 WatchHub::WatchId WatchHub::Watch(std::shared_ptr<api::DefenderClient> client,
@@ -55,7 +55,8 @@ WatchHub::WatchId WatchHub::Watch(std::shared_ptr<api::DefenderClient> client,
       return id;
     }
     auto it = polls_.find(key);
-    if (it == polls_.end()) {
+    // An ended poll may still wait for its last answer: it serves no one new.
+    if (it == polls_.end() || it->second->ended) {
       poll = std::make_shared<Poll>();
       poll->key = key;
       poll->client = std::move(client);
@@ -99,10 +100,15 @@ void WatchHub::Unwatch(WatchId id) {
     poll->ended = true;
     std::swap(timer, poll->timer);
     cancellation = poll->cancellation;
-    if (timer != 0 || cancellation == nullptr) polls_.erase(poll->key);
+    if (timer != 0 || cancellation == nullptr) ErasePollLocked(poll);
   }
   if (timer != 0) scheduler_.Cancel(timer);
   if (cancellation) cancellation->Cancel();  // OnAnswer removes the poll
+}
+
+void WatchHub::ErasePollLocked(const std::shared_ptr<Poll>& poll) {
+  auto it = polls_.find(poll->key);
+  if (it != polls_.end() && it->second == poll) polls_.erase(it);
 }
 
 void WatchHub::Close(const absl::Status& status) {
@@ -129,10 +135,11 @@ void WatchHub::StartPoll(const std::shared_ptr<Poll>& poll) {
     absl::MutexLock lock(&mu_);
     poll->timer = 0;
     if (poll->ended) {
-      polls_.erase(poll->key);
+      ErasePollLocked(poll);
       return;
     }
     poll->cancellation = cancellation;
+    ++requests_;
   }
   poll->client->GetMachineAction(
       poll->action_id, api::CallContext(clock_.Now() + options_.poll_timeout, cancellation),
@@ -143,11 +150,19 @@ void WatchHub::StartPoll(const std::shared_ptr<Poll>& poll) {
 
 void WatchHub::OnAnswer(const std::shared_ptr<Poll>& poll,
                         absl::StatusOr<api::MachineAction> answer) {
+  // The request counts as in flight until this function is done with `this`.
+  struct Done {
+    WatchHub* hub;
+    ~Done() {
+      absl::MutexLock lock(&hub->mu_);
+      --hub->requests_;
+    }
+  } done{this};
   {
     absl::MutexLock lock(&mu_);
     poll->cancellation = nullptr;
     if (poll->ended) {
-      polls_.erase(poll->key);
+      ErasePollLocked(poll);
       return;
     }
   }
@@ -200,7 +215,7 @@ void WatchHub::OnAnswer(const std::shared_ptr<Poll>& poll,
 void WatchHub::Schedule(const std::shared_ptr<Poll>& poll, absl::Duration pause) {
   absl::MutexLock lock(&mu_);
   if (poll->ended) {
-    polls_.erase(poll->key);
+    ErasePollLocked(poll);
     return;
   }
   poll->timer = scheduler_.RunAt(clock_.Now() + pause, [this, poll] { StartPoll(poll); });
@@ -221,7 +236,7 @@ void WatchHub::EndPoll(const std::shared_ptr<Poll>& poll, const absl::Status& st
     poll->ended = true;
     std::swap(timer, poll->timer);
     cancellation = poll->cancellation;
-    if (cancellation == nullptr) polls_.erase(poll->key);
+    if (cancellation == nullptr) ErasePollLocked(poll);
   }
   if (timer != 0) scheduler_.Cancel(timer);
   if (cancellation) cancellation->Cancel();

@@ -84,6 +84,8 @@ class WatchHub {
   void OnAnswer(const std::shared_ptr<Poll>& poll, absl::StatusOr<api::MachineAction> answer);
   void Schedule(const std::shared_ptr<Poll>& poll, absl::Duration pause);
   void EndPoll(const std::shared_ptr<Poll>& poll, const absl::Status& status);
+  // ErasePollLocked forgets `poll` unless a newer poll has taken its key.
+  void ErasePollLocked(const std::shared_ptr<Poll>& poll) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Scheduler& scheduler_;
   const WatchOptions options_;
@@ -91,6 +93,7 @@ class WatchHub {
   mutable absl::Mutex mu_;
   WatchId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  int requests_ ABSL_GUARDED_BY(mu_) = 0;  // polls in flight (their answers hold `this`)
   absl::Status close_status_ ABSL_GUARDED_BY(mu_);
   std::map<PollKey, std::shared_ptr<Poll>> polls_ ABSL_GUARDED_BY(mu_);
   std::map<WatchId, std::shared_ptr<Poll>> watch_polls_ ABSL_GUARDED_BY(mu_);
