@@ -126,12 +126,19 @@ void RequestLedger::OnBegin(absl::StatusOr<journal::BeginResult> begun, const st
     }
     case journal::EntryState::kInFlight:
     case journal::EntryState::kFailed: {
-      // In flight here means a process stopped mid-call: it may have sent.
+      // In flight here means a process stopped mid-call: it may have sent
+      // since that run started (updated), or since the entry was created when
+      // that run was itself a re-run of one that may have sent
+      // (outcome_unknown, kept below).
       const absl::Time maybe_sent_since =
-          entry.state == journal::EntryState::kInFlight ? entry.updated
-          : entry.outcome_unknown                        ? entry.created
-                                                         : absl::InfiniteFuture();
+          entry.outcome_unknown                          ? entry.created
+          : entry.state == journal::EntryState::kInFlight ? entry.updated
+                                                          : absl::InfiniteFuture();
       entry.state = journal::EntryState::kInFlight;
+      // While this re-run is in flight, outcome_unknown says an earlier run
+      // may have sent: should this process stop too, the next re-run looks
+      // back as far as this one does, not only to this run's start.
+      entry.outcome_unknown = maybe_sent_since != absl::InfiniteFuture();
       ++entry.attempts;
       journal::Entry rerun = entry;
       journal_.Update(std::move(entry), [this, key, rerun = std::move(rerun), maybe_sent_since,
