@@ -51,7 +51,9 @@ struct Entry {
   std::string file_sha1;     // the file (resolved; "" when not applicable)
   std::string comment;
   EntryState state = EntryState::kInFlight;
-  // For kFailed: Defender may have created the action all the same.
+  // For kFailed: Defender may have created the action all the same. For
+  // kInFlight: an earlier run of this entry may have (the re-run looks back
+  // to `created`, not only to `updated`).
   bool outcome_unknown = false;
   std::string action_id;     // for kSucceeded
   std::string action_json;   // the action as last answered (opaque to the journal)
