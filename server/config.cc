@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -238,7 +239,7 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError("DEFENDER_REQUEST_ID_WINDOW_HOURS (--request-id-window-hours) must be "
                        "at least 24");
   }
-  if (retention_days * 24 < window_hours) {
+  if (int64_t{retention_days} * 24 < window_hours) {  // (no int overflow for long retentions)
     return ConfigError("DEFENDER_JOURNAL_RETENTION_DAYS (--journal-retention-days) must cover "
                        "the request-id window");
   }
@@ -246,7 +247,7 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError("--watch-poll-seconds must be >= 1 and --watch-max-poll-seconds >= it");
   }
   config.request_id_window = absl::Hours(window_hours);
-  config.journal_retention = absl::Hours(24 * retention_days);
+  config.journal_retention = absl::Hours(24) * retention_days;
   config.watch_poll_interval = absl::Seconds(poll_seconds);
   config.watch_max_poll_interval = absl::Seconds(max_poll_seconds);
 

@@ -39,7 +39,13 @@ absl::Status ValidateComment(const std::string& comment) {
 
 absl::Status ValidateRequestId(const std::string& request_id) {
   bool ok = Utf8Length(request_id) <= kMaxRequestIdChars;
-  for (unsigned char c : request_id) ok = ok && c >= 0x20 && c != 0x7f;
+  unsigned char previous = 0;
+  for (unsigned char c : request_id) {
+    // C0 controls and DEL, and the C1 controls U+0080..U+009F (0xC2 0x80..0x9F
+    // in UTF-8: NEL, CSI, ... which terminals and log readers act on too).
+    ok = ok && c >= 0x20 && c != 0x7f && !(previous == 0xC2 && c >= 0x80 && c <= 0x9F);
+    previous = c;
+  }
   if (!ok) {
     return FieldError("request_id", "INVALID_REQUEST_ID",
                       absl::StrCat("request_id must be at most ", kMaxRequestIdChars,

@@ -32,7 +32,8 @@ WatchHub::WatchHub(Scheduler& scheduler, WatchOptions options, Clock& clock)
 WatchHub::~WatchHub() {
   Close(MakeError(absl::StatusCode::kUnavailable, "the plugin is shutting down", "SHUTTING_DOWN"));
   // A poll answer still in flight holds `this`: wait for it to come back
-  // (its request was cancelled, so it comes back soon).
+  // (its request was cancelled, so it comes back soon); likewise a poll timer
+  // that was already running when Close tried to cancel it.
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
       +[](WatchHub* hub) ABSL_NO_THREAD_SAFETY_ANALYSIS { return hub->requests_ == 0; }, this));
@@ -42,46 +43,54 @@ WatchHub::WatchId WatchHub::Watch(std::shared_ptr<api::DefenderClient> client,
                                   const std::string& action_id,
                                   std::shared_ptr<Watcher> watcher) {
   PollKey key(client.get(), absl::AsciiStrToLower(action_id));
-  std::shared_ptr<Poll> poll;
-  bool start = false;
   WatchId id = 0;
   {
-    absl::ReleasableMutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);
     id = next_id_++;
-    if (closed_) {
-      absl::Status status = close_status_;
-      lock.Release();
-      watcher->End(status);
-      return id;
-    }
-    auto it = polls_.find(key);
-    // An ended poll may still wait for its last answer: it serves no one new.
-    if (it == polls_.end() || it->second->ended) {
-      poll = std::make_shared<Poll>();
-      poll->key = key;
-      poll->client = std::move(client);
-      poll->action_id = action_id;
-      poll->started = clock_.Now();
-      poll->interval = options_.initial_interval;
-      polls_[key] = poll;
-      start = true;
-    } else {
-      poll = it->second;
-    }
   }
-  {
-    absl::MutexLock deliver(&poll->deliver_mu);
-    std::optional<v1::MachineAction> last;
+  // The poll found may end (a final status, an error, Close) before the
+  // watcher is registered under its deliver_mu: then look again, never join it.
+  while (true) {
+    std::shared_ptr<Poll> poll;
+    bool start = false;
     {
-      absl::MutexLock lock(&mu_);
-      poll->watchers[id] = watcher;
-      watch_polls_[id] = poll;
-      last = poll->last;
+      absl::ReleasableMutexLock lock(&mu_);
+      if (closed_) {
+        absl::Status status = close_status_;
+        lock.Release();
+        watcher->End(status);
+        return id;
+      }
+      auto it = polls_.find(key);
+      // An ended poll may still wait for its last answer: it serves no one new.
+      if (it == polls_.end() || it->second->ended) {
+        poll = std::make_shared<Poll>();
+        poll->key = key;
+        poll->client = client;
+        poll->action_id = action_id;
+        poll->started = clock_.Now();
+        poll->interval = options_.initial_interval;
+        polls_[key] = poll;
+        start = true;
+      } else {
+        poll = it->second;
+      }
     }
-    if (last) watcher->Update(*last);
+    {
+      absl::MutexLock deliver(&poll->deliver_mu);
+      std::optional<v1::MachineAction> last;
+      {
+        absl::MutexLock lock(&mu_);
+        if (poll->ended) continue;
+        poll->watchers[id] = watcher;
+        watch_polls_[id] = poll;
+        last = poll->last;
+      }
+      if (last) watcher->Update(*last);
+    }
+    if (start) StartPoll(poll);
+    return id;
   }
-  if (start) StartPoll(poll);
-  return id;
 }
 
 void WatchHub::Unwatch(WatchId id) {
@@ -102,7 +111,7 @@ void WatchHub::Unwatch(WatchId id) {
     cancellation = poll->cancellation;
     if (timer != 0 || cancellation == nullptr) ErasePollLocked(poll);
   }
-  if (timer != 0) scheduler_.Cancel(timer);
+  CancelTimer(timer);
   if (cancellation) cancellation->Cancel();  // OnAnswer removes the poll
 }
 
@@ -218,7 +227,20 @@ void WatchHub::Schedule(const std::shared_ptr<Poll>& poll, absl::Duration pause)
     ErasePollLocked(poll);
     return;
   }
-  poll->timer = scheduler_.RunAt(clock_.Now() + pause, [this, poll] { StartPoll(poll); });
+  // Until it has run or been cancelled, the timer's task holds `this`.
+  ++requests_;
+  poll->timer = scheduler_.RunAt(clock_.Now() + pause, [this, poll] {
+    StartPoll(poll);
+    absl::MutexLock lock(&mu_);
+    --requests_;
+  });
+}
+
+void WatchHub::CancelTimer(Scheduler::TaskId timer) {
+  // A timer that could not be cancelled is running: it counts itself out.
+  if (timer == 0 || !scheduler_.Cancel(timer)) return;
+  absl::MutexLock lock(&mu_);
+  --requests_;
 }
 
 void WatchHub::EndPoll(const std::shared_ptr<Poll>& poll, const absl::Status& status) {
@@ -238,7 +260,7 @@ void WatchHub::EndPoll(const std::shared_ptr<Poll>& poll, const absl::Status& st
     cancellation = poll->cancellation;
     if (cancellation == nullptr) ErasePollLocked(poll);
   }
-  if (timer != 0) scheduler_.Cancel(timer);
+  CancelTimer(timer);
   if (cancellation) cancellation->Cancel();
   for (const auto& watcher : watchers) watcher->End(status);
 }

@@ -84,6 +84,8 @@ class WatchHub {
   void OnAnswer(const std::shared_ptr<Poll>& poll, absl::StatusOr<api::MachineAction> answer);
   void Schedule(const std::shared_ptr<Poll>& poll, absl::Duration pause);
   void EndPoll(const std::shared_ptr<Poll>& poll, const absl::Status& status);
+  // CancelTimer cancels a poll's timer (0: none) and counts it out of requests_.
+  void CancelTimer(Scheduler::TaskId timer) ABSL_LOCKS_EXCLUDED(mu_);
   // ErasePollLocked forgets `poll` unless a newer poll has taken its key.
   void ErasePollLocked(const std::shared_ptr<Poll>& poll) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -93,7 +95,9 @@ class WatchHub {
   mutable absl::Mutex mu_;
   WatchId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  int requests_ ABSL_GUARDED_BY(mu_) = 0;  // polls in flight (their answers hold `this`)
+  // Polls in flight and poll timers not yet run or cancelled: their callbacks
+  // hold `this`, so the destructor waits for them.
+  int requests_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status close_status_ ABSL_GUARDED_BY(mu_);
   std::map<PollKey, std::shared_ptr<Poll>> polls_ ABSL_GUARDED_BY(mu_);
   std::map<WatchId, std::shared_ptr<Poll>> watch_polls_ ABSL_GUARDED_BY(mu_);

@@ -165,5 +165,177 @@ TEST_F(ConfigTest, RateBudgetsDefaultToDefendersAndCanBeChangedOrTurnedOff) {
   EXPECT_THAT(Load({}).status().message(), HasSubstr("DEFENDER_RATE_PER_HOUR"));
 }
 
+TEST_F(ConfigTest, StateDirComesFromTheFlagThenTheVariable) {
+  env_["HOME"] = "/home/op";
+  env_["DEFENDER_STATE_DIR"] = "/var/lib/from-env";
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/var/lib/from-env");
+  config = Load({"--state-dir", "/srv/from-flag"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/srv/from-flag");
+  config = Load({"--state-dir=/srv/other"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/srv/other");
+  // An empty variable counts as unset.
+  env_["DEFENDER_STATE_DIR"] = "";
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/home/op/.local/state/defender-plugin");
+}
+
+TEST_F(ConfigTest, StateDirDefaultsToSystemdThenXdgThenHome) {
+  env_["HOME"] = "/home/op";
+  env_["XDG_STATE_HOME"] = "/home/op/.xdg-state";
+  env_["STATE_DIRECTORY"] = "/var/lib/defender-plugin:/var/lib/other";
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/var/lib/defender-plugin");  // systemd's first entry
+
+  env_["STATE_DIRECTORY"] = "/var/lib/only";
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/var/lib/only");
+
+  env_.erase("STATE_DIRECTORY");
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/home/op/.xdg-state/defender-plugin");
+
+  env_["XDG_STATE_HOME"] = "";
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/home/op/.local/state/defender-plugin");
+
+  // The flag and DEFENDER_STATE_DIR come before all of these.
+  env_["STATE_DIRECTORY"] = "/var/lib/defender-plugin";
+  env_["DEFENDER_STATE_DIR"] = "/explicit";
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->state_dir, "/explicit");
+}
+
+TEST_F(ConfigTest, RequestIdWindowAndJournalRetention) {
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->request_id_window, absl::Hours(168));
+  EXPECT_EQ(config->journal_retention, absl::Hours(24 * 90));
+
+  config = Load({"--request-id-window-hours", "24", "--journal-retention-days", "1"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->request_id_window, absl::Hours(24));
+  EXPECT_EQ(config->journal_retention, absl::Hours(24));
+
+  // Less than a day is refused.
+  for (const char* hours : {"23", "0", "-5"}) {
+    auto refused = Load({"--request-id-window-hours", hours});
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << hours;
+    EXPECT_THAT(refused.status().message(), HasSubstr("--request-id-window-hours")) << hours;
+  }
+
+  // The journal must keep entries at least as long as the window.
+  auto refused = Load({"--request-id-window-hours", "169", "--journal-retention-days", "7"});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("--journal-retention-days"));
+  config = Load({"--request-id-window-hours", "168", "--journal-retention-days", "7"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->journal_retention, absl::Hours(168));
+  refused = Load({"--request-id-window-hours", "25", "--journal-retention-days", "1"});
+  EXPECT_THAT(refused.status().message(), HasSubstr("--journal-retention-days"));
+  refused = Load({"--journal-retention-days", "0"});
+  EXPECT_THAT(refused.status().message(), HasSubstr("--journal-retention-days"));
+  // The default window (a week) against a shorter retention.
+  refused = Load({"--journal-retention-days", "6"});
+  EXPECT_THAT(refused.status().message(), HasSubstr("--journal-retention-days"));
+
+  // A very long retention is not an overflow.
+  config = Load({"--journal-retention-days", "100000000"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->journal_retention, absl::Hours(24) * 100000000);
+}
+
+TEST_F(ConfigTest, WatchPollBounds) {
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->watch_poll_interval, absl::Seconds(2));
+  EXPECT_EQ(config->watch_max_poll_interval, absl::Seconds(30));
+
+  config = Load({"--watch-poll-seconds", "5", "--watch-max-poll-seconds", "5"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->watch_poll_interval, absl::Seconds(5));
+  EXPECT_EQ(config->watch_max_poll_interval, absl::Seconds(5));
+
+  config = Load({"--watch-poll-seconds=1", "--watch-max-poll-seconds=600"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->watch_poll_interval, absl::Seconds(1));
+  EXPECT_EQ(config->watch_max_poll_interval, absl::Seconds(600));
+
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--watch-poll-seconds", "0"},
+        std::vector<std::string>{"--watch-poll-seconds", "-1"},
+        std::vector<std::string>{"--watch-poll-seconds", "31"},  // above the default maximum
+        std::vector<std::string>{"--watch-max-poll-seconds", "1"},  // below the default start
+        std::vector<std::string>{"--watch-poll-seconds", "10", "--watch-max-poll-seconds", "9"}}) {
+    auto refused = Load(bad);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad[1];
+    EXPECT_THAT(refused.status().message(), HasSubstr("watch-")) << bad[1];
+  }
+  EXPECT_THAT(Load({"--watch-poll-seconds", "soon"}).status().message(),
+              HasSubstr("--watch-poll-seconds"));
+}
+
+TEST_F(ConfigTest, NewSettingsComeFromTheEnvironmentAndFlagsWin) {
+  env_["DEFENDER_REQUEST_ID_WINDOW_HOURS"] = "48";
+  env_["DEFENDER_JOURNAL_RETENTION_DAYS"] = "30";
+  env_["DEFENDER_WATCH_POLL_SECONDS"] = "3";
+  env_["DEFENDER_WATCH_MAX_POLL_SECONDS"] = "60";
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->request_id_window, absl::Hours(48));
+  EXPECT_EQ(config->journal_retention, absl::Hours(24 * 30));
+  EXPECT_EQ(config->watch_poll_interval, absl::Seconds(3));
+  EXPECT_EQ(config->watch_max_poll_interval, absl::Seconds(60));
+
+  config = Load({"--request-id-window-hours", "72", "--journal-retention-days", "3",
+                 "--watch-poll-seconds", "4", "--watch-max-poll-seconds", "8"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->request_id_window, absl::Hours(72));
+  EXPECT_EQ(config->journal_retention, absl::Hours(72));
+  EXPECT_EQ(config->watch_poll_interval, absl::Seconds(4));
+  EXPECT_EQ(config->watch_max_poll_interval, absl::Seconds(8));
+
+  // Values checked the same way from the environment.
+  env_["DEFENDER_REQUEST_ID_WINDOW_HOURS"] = "12";
+  EXPECT_THAT(Load({}).status().message(), HasSubstr("DEFENDER_REQUEST_ID_WINDOW_HOURS"));
+  env_["DEFENDER_REQUEST_ID_WINDOW_HOURS"] = "800";  // more than DEFENDER_JOURNAL_RETENTION_DAYS
+  EXPECT_THAT(Load({}).status().message(), HasSubstr("DEFENDER_JOURNAL_RETENTION_DAYS"));
+  env_.erase("DEFENDER_REQUEST_ID_WINDOW_HOURS");
+  env_["DEFENDER_WATCH_MAX_POLL_SECONDS"] = "2";  // below DEFENDER_WATCH_POLL_SECONDS
+  EXPECT_EQ(Load({}).status().code(), absl::StatusCode::kInvalidArgument);
+  env_.erase("DEFENDER_WATCH_MAX_POLL_SECONDS");
+
+  // Not whole numbers: named, INVALID_CONFIGURATION.
+  for (const char* var : {"DEFENDER_REQUEST_ID_WINDOW_HOURS", "DEFENDER_JOURNAL_RETENTION_DAYS",
+                          "DEFENDER_WATCH_POLL_SECONDS", "DEFENDER_WATCH_MAX_POLL_SECONDS"}) {
+    auto saved = env_;
+    env_[var] = "a week";
+    auto refused = Load({});
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << var;
+    EXPECT_EQ(ErrorReason(refused.status()), "INVALID_CONFIGURATION") << var;
+    EXPECT_THAT(refused.status().message(), HasSubstr(var));
+    // An empty variable counts as unset.
+    env_[var] = "";
+    EXPECT_TRUE(Load({}).ok()) << var;
+    env_ = saved;
+  }
+}
+
+TEST_F(ConfigTest, UsageListsTheNewFlags) {
+  for (const char* flag : {"--state-dir", "--request-id-window-hours", "--journal-retention-days",
+                           "--watch-poll-seconds", "--watch-max-poll-seconds"}) {
+    EXPECT_THAT(ConfigUsage(), HasSubstr(flag));
+  }
+}
+
 }  // namespace
 }  // namespace defender
