@@ -98,7 +98,8 @@ absl::Status PickInt(const FlagParser& flags, const char* flag, int value, const
 std::string DefaultStateDir(const EnvLookup& env) {
   if (auto systemd = env("STATE_DIRECTORY"); systemd && !systemd->empty()) {
     // systemd may list several, separated by ':'; the first is ours.
-    return systemd->substr(0, systemd->find(':'));
+    std::string first = systemd->substr(0, systemd->find(':'));
+    if (!first.empty()) return first;
   }
   if (auto xdg = env("XDG_STATE_HOME"); xdg && !xdg->empty()) {
     return absl::StrCat(*xdg, "/defender-plugin");
@@ -244,7 +245,8 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
                        "the request-id window");
   }
   if (poll_seconds < 1 || max_poll_seconds < poll_seconds) {
-    return ConfigError("--watch-poll-seconds must be >= 1 and --watch-max-poll-seconds >= it");
+    return ConfigError("DEFENDER_WATCH_POLL_SECONDS (--watch-poll-seconds) must be >= 1 and "
+                       "DEFENDER_WATCH_MAX_POLL_SECONDS (--watch-max-poll-seconds) >= it");
   }
   config.request_id_window = absl::Hours(window_hours);
   config.journal_retention = absl::Hours(24) * retention_days;
