@@ -10,13 +10,6 @@
 namespace defender {
 namespace {
 
-absl::Status RequestIdReused() {
-  return MakeError(absl::StatusCode::kInvalidArgument,
-                   "request_id was already used for a request with other parameters: use a new "
-                   "request_id for a new request",
-                   "REQUEST_ID_REUSED", {{"field", "request_id"}});
-}
-
 // ForWaiter is what a caller that joined another caller's run hears: the
 // same answer, except that the first caller's own cancellation is not theirs.
 absl::StatusOr<v1::MachineAction> ForWaiter(const absl::StatusOr<v1::MachineAction>& result) {
@@ -40,6 +33,13 @@ bool OutcomeUnknown(const absl::Status& status) {
 }
 
 }  // namespace
+
+absl::Status RequestIdReused() {
+  return MakeError(absl::StatusCode::kInvalidArgument,
+                   "request_id was already used for a request with other parameters: use a new "
+                   "request_id for a new request",
+                   "REQUEST_ID_REUSED", {{"field", "request_id"}});
+}
 
 absl::Status JournalUnavailable(const absl::Status& cause) {
   return MakeError(absl::StatusCode::kUnavailable,

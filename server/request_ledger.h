@@ -83,6 +83,9 @@ class RequestLedger {
   absl::flat_hash_map<std::string, std::shared_ptr<Pending>> in_flight_ ABSL_GUARDED_BY(mu_);
 };
 
+// RequestIdReused is the error of a request_id repeated with other parameters.
+absl::Status RequestIdReused();
+
 // JournalUnavailable is the error of a call whose journal write failed.
 absl::Status JournalUnavailable(const absl::Status& cause);
 

@@ -53,6 +53,11 @@ void FinishCall(grpc::ServerUnaryReactor* reactor, absl::string_view method,
   reactor->Finish(ToGrpcStatus(status));
 }
 
+// TenantName is the tenant a request names, for the journal.
+std::string TenantName(const std::string& tenant) {
+  return tenant.empty() ? kDefaultTenantName : tenant;
+}
+
 // TenantForLog is the caller's tenant name made safe for one log line.
 std::string TenantForLog(const std::string& tenant) {
   if (tenant.empty()) return kDefaultTenantName;
@@ -207,7 +212,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
   entry.params = Canonical("QuarantineFile", Normalized(*request));
   entry.method = "QuarantineFile";
   entry.caller = CallerOf(*context);
-  entry.tenant = request->tenant().empty() ? kDefaultTenantName : request->tenant();
+  entry.tenant = TenantName(request->tenant());
   entry.machine_id = target.machine_id;
   entry.file_sha1 = target.sha1;
   entry.comment = target.comment;
@@ -341,7 +346,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::CancelMachineAction(
   journal::Entry entry;
   entry.method = "CancelMachineAction";
   entry.caller = CallerOf(*context);
-  entry.tenant = request->tenant().empty() ? kDefaultTenantName : request->tenant();
+  entry.tenant = TenantName(request->tenant());
   entry.action_id = request->id();
   entry.comment = request->comment();
   const api::CallContext call(Deadline(*context), reactor->cancellation());
@@ -449,7 +454,7 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
     header.params = Canonical("BatchQuarantineFile", normalized);
     header.method = "BatchQuarantineFile";
     header.caller = caller_;
-    header.tenant = Tenant();
+    header.tenant = TenantName(request_.tenant());
     header.file_sha1 = normalized.sha1();
     header.comment = request_.comment();
     service_.parts_.ledger->journal().Begin(
@@ -458,11 +463,7 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
             absl::StatusOr<journal::BeginResult> begun) {
           if (!begun.ok()) return self->Close(JournalUnavailable(begun.status()));
           if (!begun->created && begun->entry.params != params) {
-            return self->Close(MakeError(
-                absl::StatusCode::kInvalidArgument,
-                "request_id was already used for a request with other parameters: use a new "
-                "request_id for a new request",
-                "REQUEST_ID_REUSED", {{"field", "request_id"}}));
+            return self->Close(RequestIdReused());
           }
           self->header_ = std::move(begun->entry);
           self->ResolveFile();
@@ -470,10 +471,6 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
   }
 
  private:
-  std::string Tenant() const {
-    return request_.tenant().empty() ? kDefaultTenantName : request_.tenant();
-  }
-
   void ResolveFile() {
     service_.parts_.resolver->ResolveFile(
         *client_, request_.sha1(), request_.sha256(),
@@ -529,7 +526,7 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
     entry.params = Canonical("BatchQuarantineFile.device", item);
     entry.method = "BatchQuarantineFile";
     entry.caller = caller_;
-    entry.tenant = Tenant();
+    entry.tenant = TenantName(request_.tenant());
     entry.machine_id = device.machine_id;
     entry.comment = request_.comment();
     std::string sha1;
