@@ -23,7 +23,7 @@ struct RawSettings {
   std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
   std::string authority_host, region, api_url, scope, ca_file;
-  int default_timeout_seconds = 0;
+  int default_timeout_seconds = 30;
   int rate_per_minute = 100;
   int rate_per_hour = 1500;
   int shutdown_grace_seconds = 10;
@@ -79,21 +79,6 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                "longest pause between polls (DEFENDER_WATCH_MAX_POLL_SECONDS; 30)");
 }
 
-// PickInt sets `out` from the flag if given, else from `var` if set, else
-// leaves `value`; INVALID_CONFIGURATION when `var` is not a whole number.
-absl::Status PickInt(const FlagParser& flags, const char* flag, int value, const EnvLookup& env,
-                     const char* var, int* out) {
-  if (!flags.WasSet(flag)) {
-    absl::optional<std::string> text = env(var);
-    if (text && !text->empty() && !absl::SimpleAtoi(*text, &value)) {
-      return MakeError(absl::StatusCode::kInvalidArgument,
-                       absl::StrCat(var, " must be a whole number"), "INVALID_CONFIGURATION");
-    }
-  }
-  *out = value;
-  return absl::OkStatus();
-}
-
 // DefaultStateDir is where the journal lives when nothing says otherwise.
 std::string DefaultStateDir(const EnvLookup& env) {
   if (auto systemd = env("STATE_DIRECTORY"); systemd && !systemd->empty()) {
@@ -119,6 +104,20 @@ std::string Pick(const std::string& flag_value, const EnvLookup& env, const std:
   if (!flag_value.empty()) return flag_value;
   absl::optional<std::string> value = env(var);
   return value ? *value : std::string();
+}
+
+// PickInt sets `out` from the flag if given, else from `var` if set, else
+// leaves `value`; INVALID_CONFIGURATION when `var` is not a whole number.
+absl::Status PickInt(const FlagParser& flags, const char* flag, int value, const EnvLookup& env,
+                     const char* var, int* out) {
+  if (!flags.WasSet(flag)) {
+    const std::string text = Pick("", env, var);
+    if (!text.empty() && !absl::SimpleAtoi(text, &value)) {
+      return ConfigError(absl::StrCat(var, " must be a whole number"));
+    }
+  }
+  *out = value;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
@@ -186,13 +185,11 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
   if (raw.shutdown_grace_seconds < 0) return ConfigError("--shutdown-grace-seconds must be >= 0");
   config.shutdown_grace = absl::Seconds(raw.shutdown_grace_seconds);
 
-  int timeout_seconds = raw.default_timeout_seconds;
-  if (!flags.WasSet("default-timeout-seconds")) {
-    std::string text = Pick("", env, "DEFENDER_DEFAULT_TIMEOUT_SECONDS");
-    timeout_seconds = 30;
-    if (!text.empty() && !absl::SimpleAtoi(text, &timeout_seconds)) {
-      return ConfigError("DEFENDER_DEFAULT_TIMEOUT_SECONDS must be a whole number of seconds");
-    }
+  int timeout_seconds = 0;
+  if (absl::Status picked = PickInt(flags, "default-timeout-seconds", raw.default_timeout_seconds,
+                                    env, "DEFENDER_DEFAULT_TIMEOUT_SECONDS", &timeout_seconds);
+      !picked.ok()) {
+    return picked;
   }
   if (timeout_seconds <= 0) {
     return ConfigError("DEFENDER_DEFAULT_TIMEOUT_SECONDS (--default-timeout-seconds) must be > 0");
@@ -209,12 +206,10 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
                                 raw.rate_per_minute, &config.rate_per_minute},
                            Rate{"rate-per-hour", "DEFENDER_RATE_PER_HOUR", raw.rate_per_hour,
                                 &config.rate_per_hour}}) {
-    int value = rate.value;
-    if (!flags.WasSet(rate.flag)) {
-      std::string text = Pick("", env, rate.var);
-      if (!text.empty() && !absl::SimpleAtoi(text, &value)) {
-        return ConfigError(absl::StrCat(rate.var, " must be a whole number"));
-      }
+    int value = 0;
+    if (absl::Status picked = PickInt(flags, rate.flag, rate.value, env, rate.var, &value);
+        !picked.ok()) {
+      return picked;
     }
     if (value < 0) {
       return ConfigError(absl::StrCat(rate.var, " (--", rate.flag, ") must be >= 0 (0 = off)"));
