@@ -164,8 +164,9 @@ ResponseServiceImpl::ResponseServiceImpl(const TenantDirectory& tenants, Service
                                          absl::Duration default_timeout, Clock& clock)
     : tenants_(tenants), parts_(parts), default_timeout_(default_timeout), clock_(clock) {}
 
-absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Resolve(
-    const std::string& tenant) const {
+absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Admit(
+    const absl::Status& valid, const std::string& tenant) const {
+  if (!valid.ok()) return valid;
   std::shared_ptr<api::DefenderClient> client = tenants_.Find(tenant);
   if (client == nullptr) {
     return MakeError(absl::StatusCode::kInvalidArgument,
@@ -189,11 +190,8 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
   auto* reactor = new CallReactor();
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
-  if (absl::Status valid = ValidateQuarantineFileRequest(*request); !valid.ok()) {
-    FinishCall(reactor, "QuarantineFile", details, started, valid);
-    return reactor;
-  }
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
+      Admit(ValidateQuarantineFileRequest(*request), request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "QuarantineFile", details, started, client.status());
     return reactor;
@@ -239,11 +237,8 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
   auto* reactor = new CallReactor();
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
-  if (absl::Status valid = ValidateGetMachineActionRequest(*request); !valid.ok()) {
-    FinishCall(reactor, "GetMachineAction", details, started, valid);
-    return reactor;
-  }
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
+      Admit(ValidateGetMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "GetMachineAction", details, started, client.status());
     return reactor;
@@ -273,7 +268,6 @@ grpc::ServerWriteReactor<v1::MachineAction>* ResponseServiceImpl::WatchMachineAc
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()),
                                      " action=", absl::CHexEscape(request->id().substr(0, 64)));
-  std::weak_ptr<StreamSink<v1::MachineAction>> weak_sink;
   auto sink = StreamSink<v1::MachineAction>::Create([state, hub, details, started] {
     WatchHub::WatchId id = 0;
     {
@@ -289,11 +283,8 @@ grpc::ServerWriteReactor<v1::MachineAction>* ResponseServiceImpl::WatchMachineAc
     LogCall("WatchMachineAction", details, started, status);
     sink->Close(ToGrpcStatus(status));
   };
-  if (absl::Status valid = ValidateWatchMachineActionRequest(*request); !valid.ok()) {
-    close(valid);
-    return sink->reactor();
-  }
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
+      Admit(ValidateWatchMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     close(client.status());
     return sink->reactor();
@@ -320,10 +311,8 @@ grpc::ServerWriteReactor<v1::MachineAction>* ResponseServiceImpl::WatchMachineAc
     state->id = id;
     cancelled = state->cancelled;
   }
-  if (cancelled) {
-    hub->Unwatch(id);
-    sink->Close(grpc::Status(grpc::StatusCode::CANCELLED, "the caller ended the watch"));
-  }
+  // Cancelled before the id was known: the sink has finished the stream.
+  if (cancelled) hub->Unwatch(id);
   return reactor;
 }
 
@@ -333,11 +322,8 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::CancelMachineAction(
   auto* reactor = new CallReactor();
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
-  if (absl::Status valid = ValidateCancelMachineActionRequest(*request); !valid.ok()) {
-    FinishCall(reactor, "CancelMachineAction", details, started, valid);
-    return reactor;
-  }
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
+      Admit(ValidateCancelMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "CancelMachineAction", details, started, client.status());
     return reactor;
@@ -629,18 +615,16 @@ ResponseServiceImpl::BatchQuarantineFile(grpc::CallbackServerContext* context,
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     deadline = absl::FromChrono(context->deadline());
   }
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client = Resolve(request->tenant());
-  absl::Status valid = ValidateBatchQuarantineFileRequest(*request);
-  if (valid.ok() && !client.ok()) valid = client.status();
-  if (!valid.ok()) {
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
+      Admit(ValidateBatchQuarantineFileRequest(*request), request->tenant());
+  if (!client.ok()) {
     auto sink = StreamSink<v1::BatchQuarantineFileResponse>::Create();
     LogCall("BatchQuarantineFile", absl::StrCat("tenant=", TenantForLog(request->tenant())),
-            absl::Now(), valid);
-    sink->Close(ToGrpcStatus(valid));
+            absl::Now(), client.status());
+    sink->Close(ToGrpcStatus(client.status()));
     return sink->reactor();
   }
   auto run = std::make_shared<BatchRun>(*this, *request, *client, CallerOf(*context), deadline);
-  std::weak_ptr<BatchRun> weak = run;
   auto sink = StreamSink<v1::BatchQuarantineFileResponse>::Create(
       [cancellation = run->cancellation()] { cancellation->Cancel(); });
   run->set_sink(sink);

@@ -68,8 +68,10 @@ class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
  private:
   class BatchRun;
 
-  // Resolve returns the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> Resolve(const std::string& tenant) const;
+  // Admit returns `valid` (the request's validation) when it is an error,
+  // else the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> Admit(const absl::Status& valid,
+                                                             const std::string& tenant) const;
   // Deadline is when a unary call must be answered.
   absl::Time Deadline(const grpc::CallbackServerContext& context) const;
 
