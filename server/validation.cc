@@ -86,6 +86,30 @@ absl::Status ValidateActionId(const std::string& id) {
   return absl::OkStatus();
 }
 
+// CheckDevices checks one repeated device field of a batch: each value's form
+// and that none repeats an earlier one of the field (case-insensitively). The
+// error's metadata "index" is the device's position in the batch, which is
+// `first_index` for the field's first value.
+absl::Status CheckDevices(const std::string& field,
+                          const google::protobuf::RepeatedPtrField<std::string>& values,
+                          bool (*valid)(absl::string_view), const std::string& reason,
+                          const std::string& rule, int first_index) {
+  absl::flat_hash_map<std::string, int> seen;
+  for (int i = 0; i < values.size(); ++i) {
+    const std::map<std::string, std::string> index = {{"index", absl::StrCat(first_index + i)}};
+    if (!valid(values[i])) {
+      return FieldError(field, reason, absl::StrCat(field, "[", i, "] must be ", rule), index);
+    }
+    auto [it, inserted] = seen.emplace(absl::AsciiStrToLower(values[i]), i);
+    if (!inserted) {
+      return FieldError(field, "DUPLICATE_MACHINE",
+                        absl::StrCat(field, "[", i, "] repeats ", field, "[", it->second, "]"),
+                        index);
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 bool IsHex(absl::string_view text, size_t length) {
@@ -159,43 +183,19 @@ absl::Status ValidateBatchQuarantineFileRequest(const v1::BatchQuarantineFileReq
                       absl::StrCat("a batch holds at most ", kMaxBatchMachines, " devices (got ",
                                    count, "); split it"));
   }
-  absl::flat_hash_map<std::string, int> seen;
-  int index = 0;
-  for (const std::string& id : request.machine_ids()) {
-    if (!IsHex(id, 40)) {
-      return FieldError("machine_ids", "INVALID_MACHINE_ID",
-                        absl::StrCat("machine_ids[", index,
-                                     "] must be a 40-hex-character Defender device id"),
-                        {{"index", absl::StrCat(index)}});
-    }
-    auto [it, inserted] = seen.emplace(absl::StrCat("id:", absl::AsciiStrToLower(id)), index);
-    if (!inserted) {
-      return FieldError("machine_ids", "DUPLICATE_MACHINE",
-                        absl::StrCat("machine_ids[", index, "] repeats machine_ids[", it->second,
-                                     "]"),
-                        {{"index", absl::StrCat(index)}});
-    }
-    ++index;
+  if (absl::Status ids = CheckDevices(
+          "machine_ids", request.machine_ids(), [](absl::string_view id) { return IsHex(id, 40); },
+          "INVALID_MACHINE_ID", "a 40-hex-character Defender device id", 0);
+      !ids.ok()) {
+    return ids;
   }
-  int name_index = 0;
-  for (const std::string& name : request.computer_dns_names()) {
-    if (!IsDnsName(name)) {
-      return FieldError("computer_dns_names", "INVALID_COMPUTER_DNS_NAME",
-                        absl::StrCat("computer_dns_names[", name_index,
-                                     "] must be a host name of at most 255 letters, digits, "
-                                     "'-', '_' and '.'"),
-                        {{"index", absl::StrCat(index)}});
-    }
-    auto [it, inserted] =
-        seen.emplace(absl::StrCat("name:", absl::AsciiStrToLower(name)), name_index);
-    if (!inserted) {
-      return FieldError("computer_dns_names", "DUPLICATE_MACHINE",
-                        absl::StrCat("computer_dns_names[", name_index,
-                                     "] repeats computer_dns_names[", it->second, "]"),
-                        {{"index", absl::StrCat(index)}});
-    }
-    ++index;
-    ++name_index;
+  if (absl::Status names = CheckDevices("computer_dns_names", request.computer_dns_names(),
+                                        &IsDnsName, "INVALID_COMPUTER_DNS_NAME",
+                                        "a host name of at most 255 letters, digits, '-', '_' "
+                                        "and '.'",
+                                        request.machine_ids_size());
+      !names.ok()) {
+    return names;
   }
   if (absl::Status hash = ValidateHash(request.sha1(), request.sha256()); !hash.ok()) return hash;
   if (absl::Status comment = ValidateComment(request.comment()); !comment.ok()) return comment;
