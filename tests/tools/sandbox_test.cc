@@ -472,6 +472,52 @@ TEST_F(SandboxTest, SecondRequestWhileActiveIsRefused) {
   other = Quarantine(token, kDefaultMachineId, QuarantineBody("four", kKnownFileSha1));
   ASSERT_TRUE(other);
   EXPECT_EQ(other->status, 201);
+  // The hash compares without regard to case.
+  httplib::Result upper =
+      Quarantine(token, kDefaultMachineId, QuarantineBody("five", absl::AsciiStrToUpper(kSha1)));
+  ExpectDefenderError(upper, 400, "ActiveRequestAlreadyExists");
+  // Once the active action is cancelled (final), the same pair is accepted again.
+  const std::string id = Parse(first->body)["id"];
+  httplib::Result cancelled =
+      Client()->Post(absl::StrCat("/api/machineactions/", absl::AsciiStrToUpper(id), "/cancel"),
+                     Auth(token), json{{"Comment", "stop"}}.dump(), "application/json");
+  ASSERT_TRUE(cancelled);
+  ASSERT_EQ(cancelled->status, 200) << cancelled->body;
+  httplib::Result again = Quarantine(token, kDefaultMachineId, QuarantineBody("six"));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 201) << again->body;
+  ExpectDefenderError(Quarantine(token, kDefaultMachineId, QuarantineBody("seven")), 400,
+                      "ActiveRequestAlreadyExists");
+  // Reset forgets every action.
+  sandbox_->Reset();
+  httplib::Result after_reset =
+      Quarantine(Token(), kDefaultMachineId, QuarantineBody("eight"));
+  ASSERT_TRUE(after_reset);
+  EXPECT_EQ(after_reset->status, 201) << after_reset->body;
+}
+
+TEST_F(SandboxTest, StatsCountRequestsTokensAndActions) {
+  auto stats = [this] {
+    httplib::Result res = Client()->Get("/sandbox/stats");
+    EXPECT_TRUE(res);
+    return res ? Parse(res->body) : json();
+  };
+  json before = stats();
+  EXPECT_EQ(before["requests"], 0);
+  EXPECT_EQ(before["token_requests"], 0);
+  EXPECT_EQ(before["actions"], 0);
+  const std::string token = Token();
+  ASSERT_TRUE(Quarantine(token, kDefaultMachineId, QuarantineBody("one")));
+  ASSERT_TRUE(Quarantine(token, kOtherMachine, QuarantineBody("two")));
+  ASSERT_TRUE(Get(token, "/api/machines"));
+  json after = stats();
+  EXPECT_EQ(after["requests"], 4);  // the token request, two POSTs and one GET
+  EXPECT_EQ(after["token_requests"], 1);
+  EXPECT_EQ(after["managed_identity_requests"], 0);
+  EXPECT_EQ(after["actions"], 2);
+  ASSERT_TRUE(Client()->Delete("/sandbox/requests"));
+  EXPECT_EQ(stats()["requests"], 0);
+  EXPECT_EQ(stats()["token_requests"], 1) << "clearing the record keeps the count of tokens";
 }
 
 TEST_F(SandboxTest, StatusProgressesWithTime) {

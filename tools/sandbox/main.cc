@@ -58,6 +58,7 @@ constexpr char kUsage[] =
     "                                any sliding minute, else 429 with Retry-After\n"
     "                                (default 100; 0 = no per-minute limit)\n"
     "  --rate-per-hour N             the same per sliding hour (default 1500; 0 = off)\n"
+    "  --threads N                   worker threads, one per open connection (default 32)\n"
     "  --app TENANT:CLIENT_ID:SECRET another app (repeatable): its tenant is served\n"
     "                                too; tokens are bound to tenant and client id\n"
     "  --managed-identity            also serve the managed identity endpoints over\n"
@@ -142,6 +143,7 @@ Flags ParseFlags(int argc, char** argv) {
                                          "--action-step-ms",
                                          "--rate-per-minute",
                                          "--rate-per-hour",
+                                         "--threads",
                                          "--app",
                                          "--managed-identity-tenant",
                                          "--user-assigned-client-id"};
@@ -180,6 +182,11 @@ Flags ParseFlags(int argc, char** argv) {
         UsageError("--action-step-ms wants an integer >= 0");
       }
       flags.options.action_step = absl::Milliseconds(number);
+    } else if (name == "--threads") {
+      if (!absl::SimpleAtoi(value, &number) || number < 1 || number > 4096) {
+        UsageError("--threads wants an integer from 1 to 4096");
+      }
+      flags.options.threads = static_cast<int>(number);
     } else if (name == "--app") {
       // TENANT:CLIENT_ID:SECRET; the secret is everything after the second colon.
       size_t first = value.find(':');

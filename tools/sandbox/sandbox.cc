@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -568,6 +569,8 @@ class Sandbox::Impl {
     faults_.clear();
     requests_.clear();
     actions_.clear();
+    action_by_id_.clear();
+    newest_by_target_.clear();
     tokens_.clear();
     token_requests_ = 0;
     mi_requests_ = 0;
@@ -680,6 +683,16 @@ class Sandbox::Impl {
   // (lowercase client id, jti) of every accepted certificate assertion.
   std::set<std::pair<std::string, std::string>> seen_jtis_ ABSL_GUARDED_BY(mu_);
   std::vector<Action> actions_ ABSL_GUARDED_BY(mu_);  // creation order
+  // Lowercase action id -> index in actions_, and "machine id/lowercase sha1"
+  // -> index of the newest action of that pair: lookups stay O(1) however many
+  // actions a long run (a benchmark) creates.
+  absl::flat_hash_map<std::string, size_t> action_by_id_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, size_t> newest_by_target_ ABSL_GUARDED_BY(mu_);
+  // FindActionLocked returns the action with this id (any case), or nullptr.
+  Action* FindActionLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = action_by_id_.find(absl::AsciiStrToLower(id));
+    return it == action_by_id_.end() ? nullptr : &actions_[it->second];
+  }
   // Admitted calls per (client id, api), oldest first, within the longest
   // enabled rate window.
   std::map<std::pair<std::string, std::string>, std::deque<absl::Time>> rate_windows_
@@ -1301,6 +1314,14 @@ void Sandbox::Impl::HandleControl(const httplib::Request& req, httplib::Response
   } else if (p == "/sandbox/requests" && m == "DELETE") {
     ClearRequests();
     ok();
+  } else if (p == "/sandbox/stats" && m == "GET") {
+    absl::MutexLock lock(&mu_);
+    SetJson(res, 200,
+            json{{"requests", requests_.size()},
+                 {"token_requests", token_requests_},
+                 {"managed_identity_requests", mi_requests_},
+                 {"actions", actions_.size()}},
+            kJsonContentType);
   } else if (p == "/sandbox/actions" && m == "GET") {
     SetJson(res, 200, json{{"ids", ActionIds()}}, kJsonContentType);
   } else if (p == "/sandbox/expire-tokens" && m == "POST") {
@@ -1895,12 +1916,12 @@ void Sandbox::Impl::StopAndQuarantineFile(const httplib::Request& req, httplib::
   }
   absl::MutexLock lock(&mu_);
   absl::Time now = absl::Now();
-  for (const Action& a : actions_) {
-    if (a.machine_id == machine->id && absl::EqualsIgnoreCase(a.sha1, sha1) &&
-        !IsFinalStatus(StatusAt(a, now).first)) {
-      return SetDefenderError(res, 400, "ActiveRequestAlreadyExists",
-                              "Action is already in progress");
-    }
+  const std::string target = absl::StrCat(machine->id, "/", absl::AsciiStrToLower(sha1));
+  auto newest = newest_by_target_.find(target);
+  if (newest != newest_by_target_.end() &&
+      !IsFinalStatus(StatusAt(actions_[newest->second], now).first)) {
+    return SetDefenderError(res, 400, "ActiveRequestAlreadyExists",
+                            "Action is already in progress");
   }
   Action a;
   a.id = NewGuid();
@@ -1910,16 +1931,16 @@ void Sandbox::Impl::StopAndQuarantineFile(const httplib::Request& req, httplib::
   a.computer_dns_name = machine->computer_dns_name;
   a.sha1 = sha1;
   a.created = now;
+  action_by_id_[absl::AsciiStrToLower(a.id)] = actions_.size();
+  newest_by_target_[target] = actions_.size();
   actions_.push_back(a);
   SetJson(res, 201, ActionJson(a, now, /*with_context=*/true));
 }
 
 void Sandbox::Impl::GetAction(httplib::Response& res, const std::string& id) {
   absl::MutexLock lock(&mu_);
-  for (const Action& a : actions_) {
-    if (absl::EqualsIgnoreCase(a.id, id)) {
-      return SetJson(res, 200, ActionJson(a, absl::Now(), /*with_context=*/true));
-    }
+  if (const Action* a = FindActionLocked(id)) {
+    return SetJson(res, 200, ActionJson(*a, absl::Now(), /*with_context=*/true));
   }
   SetDefenderError(res, 404, "ResourceNotFound",
                    absl::StrCat("Machine action with id ", id, " was not found"));
@@ -2009,8 +2030,8 @@ void Sandbox::Impl::CancelAction(const httplib::Request& req, httplib::Response&
   }
   absl::MutexLock lock(&mu_);
   absl::Time now = absl::Now();
-  for (Action& a : actions_) {
-    if (!absl::EqualsIgnoreCase(a.id, id)) continue;
+  if (Action* found = FindActionLocked(id)) {
+    Action& a = *found;
     if (IsFinalStatus(StatusAt(a, now).first)) {
       return SetDefenderError(res, 400, "BadRequest", "Action is already in final state");
     }

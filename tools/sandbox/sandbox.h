@@ -28,6 +28,8 @@
 //          and token_client_id)
 //   DELETE /sandbox/requests          ClearRequests
 //   GET    /sandbox/actions           {"ids": ActionIds()}
+//   GET    /sandbox/stats             {"requests", "token_requests",
+//          "managed_identity_requests", "actions"}: counts, cheap to poll
 //   POST   /sandbox/expire-tokens     ExpireAllTokens
 //   POST   /sandbox/reset             Reset
 //   POST   /sandbox/apps              AddApp, given as JSON: tenant_id, client_id,
