@@ -133,6 +133,9 @@ struct Transfer {
   // Set once libcurl has a connection to the server (TLS included) and is
   // about to write the request on it.
   bool connected = false;
+  // libcurl wanted to send this non-idempotent request a second time (see
+  // OnPrereq); the transfer was stopped instead.
+  bool repeat_refused = false;
   // The callback registered on request.cancellation (0: none).
   Cancellation::CallbackId cancel_id = 0;
   char error[CURL_ERROR_SIZE] = {0};
@@ -208,9 +211,18 @@ size_t OnBody(char* data, size_t size, size_t count, void* user) {
 // TLS handshake, new or reused) is ready and the request is about to be
 // written. From then on the request may have reached the server. (Request
 // byte counters would not do: they count a proxy's CONNECT request too.)
+// A second call for one transfer is libcurl about to send the request again
+// (Curl_retry_request: the reused connection closed before any answer byte,
+// or an HTTP/2 stream was refused); a request that must not reach the server
+// twice is stopped there, and fails with "request_sent" = "true".
 int OnPrereq(void* user, char* /*primary_ip*/, char* /*local_ip*/, int /*primary_port*/,
              int /*local_port*/) {
-  static_cast<Transfer*>(user)->connected = true;
+  auto* t = static_cast<Transfer*>(user);
+  if (t->connected && !t->request.idempotent) {
+    t->repeat_refused = true;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  t->connected = true;
   return CURL_PREREQFUNC_OK;
 }
 
@@ -236,6 +248,12 @@ absl::Status ErrorFor(const Transfer& t, CURLcode code) {
   const int curl_code = static_cast<int>(code);
   const std::string detail = Detail(code, t.error);
   if (code == CURLE_ABORTED_BY_CALLBACK && t.IsCancelled()) return CancelledError(t.connected);
+  if (code == CURLE_ABORTED_BY_CALLBACK && t.repeat_refused) {
+    return TransportError(absl::StatusCode::kUnavailable,
+                          "the connection to the server closed before an answer; the request "
+                          "may have reached the server and was not sent again",
+                          kConnectionLost, /*request_sent=*/true, curl_code);
+  }
   if (t.too_large) {
     return TransportError(absl::StatusCode::kInternal,
                           "the server's answer is larger than this plugin accepts",
@@ -551,12 +569,8 @@ class CurlTransport::Impl {
     set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
     set(CURLOPT_PIPEWAIT, 1L);  // prefer multiplexing over a new connection
     set(CURLOPT_TCP_KEEPALIVE, 1L);
-    // libcurl re-sends a request, unasked, when a reused connection closes
-    // before any byte of the answer (Curl_retry_request): a request that must
-    // not reach the server twice goes on a connection of its own. (HTTP/2
-    // only retries streams the server refused unprocessed, but the rule is
-    // kept simple.) The TLS session cache keeps the handshake short.
-    if (!r.idempotent) set(CURLOPT_FRESH_CONNECT, 1L);
+    // Every request, idempotent or not, may ride on a reused connection:
+    // OnPrereq stops libcurl's silent repeat of a non-idempotent one.
     // "*" matches every host: no proxy from the environment applies. (A
     // connection reused from the pool is keyed by its proxy too, so a direct
     // request never rides on a proxied connection.)

@@ -16,12 +16,13 @@
 // out), libcurl silently sends the request again on another connection (at
 // most 5 times in a row). Such a request may reach the server twice: harmless
 // for an idempotent one (HttpRequest::idempotent, the default). A request with
-// `idempotent = false` always gets a connection of its own
-// (CURLOPT_FRESH_CONNECT), where this cannot happen: it goes out at most once,
+// `idempotent = false` is stopped at libcurl's second attempt (the pre-request
+// callback sees the request about to go out again): it goes out at most once,
 // and a lost connection is UPSTREAM_CONNECTION_LOST with "request_sent" =
-// "true". The shared TLS session cache keeps the extra handshake short.
-// (HTTP/2 only repeats a stream the server refused unprocessed, REFUSED_STREAM,
-// which is safe; the fresh connection is used there too, for simplicity.)
+// "true", so the caller can look for what it may have created. Such requests
+// still reuse pooled connections (no handshake per POST); the race above is
+// rare, and costs that lookup, not a duplicate. (HTTP/2 repeats only a stream
+// the server refused unprocessed; it is stopped the same way, for simplicity.)
 //
 // Cancellation: HttpRequest::cancellation, once raised, wakes the loop, which
 // removes the transfer (queued for a connection or in flight) and completes it
