@@ -178,10 +178,9 @@ absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Admit(
 }
 
 absl::Time ResponseServiceImpl::Deadline(const grpc::CallbackServerContext& context) const {
-  const absl::Time own = clock_.Now() + default_timeout_;
   const auto caller = context.deadline();
-  if (caller == std::chrono::system_clock::time_point::max()) return own;
-  return std::min(own, absl::FromChrono(caller));
+  if (caller == std::chrono::system_clock::time_point::max()) return clock_.Now() + default_timeout_;
+  return absl::FromChrono(caller);
 }
 
 grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(

@@ -3,9 +3,9 @@
 // Each RPC validates its input, finds the tenant, and hands the call to the
 // tenant's DefenderClient; reactors are finished from the client's callbacks,
 // so no thread waits on Defender. A unary call's bound is the caller's gRPC
-// deadline, or `default_timeout` from now when that is sooner or absent; a
-// batch without a deadline is bounded by kBatchDefaultTimeout, a watch only
-// by the caller.
+// deadline, or `default_timeout` from now when the caller set none; a batch
+// without a deadline is bounded by kBatchDefaultTimeout, a watch only by the
+// caller.
 //
 // Actions (QuarantineFile, each device of BatchQuarantineFile,
 // CancelMachineAction) go through the RequestLedger: journaled before they

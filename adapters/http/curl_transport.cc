@@ -570,7 +570,14 @@ class CurlTransport::Impl {
     set(CURLOPT_PIPEWAIT, 1L);  // prefer multiplexing over a new connection
     set(CURLOPT_TCP_KEEPALIVE, 1L);
     // Every request, idempotent or not, may ride on a reused connection:
-    // OnPrereq stops libcurl's silent repeat of a non-idempotent one.
+    // OnPrereq stops libcurl's silent repeat of a non-idempotent one. But a
+    // non-idempotent request takes only a connection used within the last
+    // second (MAXAGE_CONN 0: idle whole seconds must be 0): servers close
+    // idle connections, and libcurl 7.88 takes one the server closed with a
+    // TLS close_notify for alive, so an older one would likely fail and
+    // leave the request's outcome unknown. Under load connections stay busy
+    // and are reused; after a pause a POST opens a new one (TLS resumed).
+    if (!r.idempotent) set(CURLOPT_MAXAGE_CONN, 0L);
     // "*" matches every host: no proxy from the environment applies. (A
     // connection reused from the pool is keyed by its proxy too, so a direct
     // request never rides on a proxied connection.)

@@ -20,8 +20,10 @@
 // callback sees the request about to go out again): it goes out at most once,
 // and a lost connection is UPSTREAM_CONNECTION_LOST with "request_sent" =
 // "true", so the caller can look for what it may have created. Such requests
-// still reuse pooled connections (no handshake per POST); the race above is
-// rare, and costs that lookup, not a duplicate. (HTTP/2 repeats only a stream
+// still reuse pooled connections (no handshake per POST), but only one used
+// within the last second: a connection idle for longer may have been closed
+// by the server, and libcurl cannot always tell (a TLS close_notify looks like
+// data). The race that remains is rare, and costs that lookup, not a duplicate. (HTTP/2 repeats only a stream
 // the server refused unprocessed; it is stopped the same way, for simplicity.)
 //
 // Cancellation: HttpRequest::cancellation, once raised, wakes the loop, which

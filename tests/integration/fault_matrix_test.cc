@@ -420,6 +420,18 @@ TEST_F(FaultMatrixTest, LocalLimiterSendsExactlyTheBudgetAndRefusesTheRestPrompt
   EXPECT_EQ(Posts(), 5);
 }
 
+TEST_F(FaultMatrixTest, CallersDeadlineOutranksTheDefaultTimeout) {
+  // The default bounds only calls without a deadline: a caller who allows
+  // 20 s gets its answer after Defender's 2.5 s, not DEADLINE_EXCEEDED at 1 s.
+  env_["DEFENDER_DEFAULT_TIMEOUT_SECONDS"] = "1";
+  StartPlugin();
+  AddFault(FaultRule::Kind::kRespond, kPost, 1, /*status=*/0, absl::Milliseconds(2500));
+  Outcome outcome = Quarantine(absl::Seconds(20));
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_GE(outcome.latency, absl::Milliseconds(2500));
+  EXPECT_EQ(Posts(), 1);
+}
+
 TEST_F(FaultMatrixTest, HundredsOfConcurrentInvalidCallsLeaveTheServerHealthy) {
   StartPlugin();
   constexpr int kThreads = 16;

@@ -1302,6 +1302,42 @@ TEST(CurlTransportConnectTest, NonIdempotentRequestsReuseOneConnection) {
   EXPECT_FALSE(seen[0].tls_resumed);
 }
 
+TEST(CurlTransportConnectTest, NonIdempotentRequestTakesNoConnectionIdleForASecond) {
+  // A server may have closed an idle connection in a way libcurl cannot see:
+  // a POST after a pause opens a new connection (resuming TLS), while a GET
+  // still reuses the idle one.
+  KeepAliveTlsServer server(Certs(), [](const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  auto send = [&](const std::string& method) {
+    Outcome outcome;
+    HttpRequest request;
+    request.method = method;
+    request.url = server.Url("/x");
+    if (method == "POST") {
+      request.body = "{}";
+      request.idempotent = false;
+    }
+    transport->Send(std::move(request), outcome.Callback());
+    auto response = outcome.Wait();
+    EXPECT_TRUE(response.ok()) << response.status();
+  };
+  send("GET");
+  absl::SleepFor(absl::Milliseconds(2100));
+  send("GET");   // reuses the idle connection
+  absl::SleepFor(absl::Milliseconds(2100));
+  send("POST");  // does not
+  transport.reset();
+  const auto seen = server.seen();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[1].connection, seen[0].connection);
+  EXPECT_NE(seen[2].connection, seen[1].connection);
+  EXPECT_TRUE(seen[2].tls_resumed);
+}
+
 TEST(CurlTransportConnectTest, RequestHeadIsSentAsGiven) {
   absl::Mutex mu;
   std::string head;
