@@ -30,6 +30,7 @@ struct RawSettings {
   std::string state_dir;
   int request_id_window_hours = 168;
   int journal_retention_days = 90;
+  std::string journal_sync;
   int watch_poll_seconds = 2;
   int watch_max_poll_seconds = 30;
 };
@@ -73,6 +74,11 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                "at least 24)");
   flags.AddInt("journal-retention-days", &raw.journal_retention_days,
                "how long journal entries are kept (DEFENDER_JOURNAL_RETENTION_DAYS; 90)");
+  flags.AddString("journal-sync", &raw.journal_sync,
+                  "full: each journal commit is fsync'd (survives power loss); normal: survives "
+                  "a crash of the plugin, not of the machine, and is faster "
+                  "(DEFENDER_JOURNAL_SYNC; full)",
+                  "full|normal");
   flags.AddInt("watch-poll-seconds", &raw.watch_poll_seconds,
                "first pause between WatchMachineAction polls (DEFENDER_WATCH_POLL_SECONDS; 2)");
   flags.AddInt("watch-max-poll-seconds", &raw.watch_max_poll_seconds,
@@ -242,6 +248,13 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
   if (poll_seconds < 1 || max_poll_seconds < poll_seconds) {
     return ConfigError("DEFENDER_WATCH_POLL_SECONDS (--watch-poll-seconds) must be >= 1 and "
                        "DEFENDER_WATCH_MAX_POLL_SECONDS (--watch-max-poll-seconds) >= it");
+  }
+  const std::string sync = Pick(raw.journal_sync, env, "DEFENDER_JOURNAL_SYNC");
+  if (sync == "normal") {
+    config.journal_sync_full = false;
+  } else if (!sync.empty() && sync != "full") {
+    return ConfigError(absl::StrCat("DEFENDER_JOURNAL_SYNC (--journal-sync) must be full or "
+                                    "normal, not '", sync, "'"));
   }
   config.request_id_window = absl::Hours(window_hours);
   config.journal_retention = absl::Hours(24) * retention_days;

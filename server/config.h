@@ -90,6 +90,9 @@ struct PluginConfig {
   absl::Duration request_id_window = absl::Hours(24 * 7);
   // Journal entries are kept this long (at least request_id_window).
   absl::Duration journal_retention = absl::Hours(24 * 90);
+  // true: every journal commit is fsync'd before its callers go on; false:
+  // commits survive a crash of the process, not of the machine (faster).
+  bool journal_sync_full = true;
   // WatchMachineAction polls after this pause, growing 1.5x per unchanged
   // answer up to watch_max_poll_interval, back to the start on a change.
   absl::Duration watch_poll_interval = absl::Seconds(2);

@@ -29,6 +29,8 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   // The journal (exactly-once and audit) and what serves the action RPCs.
   journal::SqliteJournalOptions journal_options;
   journal_options.retention = config.journal_retention;
+  journal_options.sync = config.journal_sync_full ? journal::SqliteJournalOptions::Sync::kFull
+                                                  : journal::SqliteJournalOptions::Sync::kNormal;
   absl::StatusOr<std::unique_ptr<journal::SqliteJournal>> journal =
       journal::SqliteJournal::Open(config.state_dir, journal_options);
   if (!journal.ok()) return journal.status();

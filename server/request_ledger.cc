@@ -108,7 +108,12 @@ void RequestLedger::OnBegin(absl::StatusOr<journal::BeginResult> begun, const st
   switch (entry.state) {
     case journal::EntryState::kSucceeded: {
       v1::MachineAction action;
-      if (!google::protobuf::util::JsonStringToMessage(entry.action_json, &action).ok()) {
+      const bool readable = !entry.action_proto.empty()
+                                ? action.ParseFromString(entry.action_proto)
+                                : google::protobuf::util::JsonStringToMessage(entry.action_json,
+                                                                              &action)
+                                      .ok();
+      if (!readable) {
         return Settle(key,
                       MakeError(absl::StatusCode::kInternal,
                                 absl::StrCat("the journal's record of request entry ", entry.id,
@@ -163,7 +168,7 @@ void RequestLedger::Execute(journal::Entry entry, absl::Time maybe_sent_since, W
       entry.outcome_unknown = false;
       entry.action_id = result.action->id();
       entry.action_json.clear();
-      (void)google::protobuf::util::MessageToJsonString(*result.action, &entry.action_json);
+      entry.action_proto = result.action->SerializeAsString();
       entry.status_code = 0;
       entry.error_reason.clear();
       entry.error_message.clear();

@@ -56,7 +56,11 @@ struct Entry {
   // to `created`, not only to `updated`).
   bool outcome_unknown = false;
   std::string action_id;     // for kSucceeded
-  std::string action_json;   // the action as last answered (opaque to the journal)
+  // The action as last answered, serialized by the caller (opaque to the
+  // journal). Entries written by schema-1 builds have it as JSON in
+  // action_json instead (read only; new entries leave it empty).
+  std::string action_proto;
+  std::string action_json;
   int status_code = 0;       // the google.rpc.Code of the answer (0 = OK)
   std::string error_reason;  // the ErrorInfo reason of a failure
   std::string error_message;
@@ -95,7 +99,9 @@ class Journal {
   // entry.request_key is not empty and an entry with that key was created at
   // or after `window_start`, nothing is written and that entry comes back
   // with created = false; an older entry with the key is replaced. Entries
-  // without a request_key are always written.
+  // without a request_key are always written; for them `done` may run once
+  // the entry is written but before it is durable (it becomes durable before
+  // the callback of any later Begin or Update runs).
   virtual void Begin(Entry entry, absl::Time window_start, BeginCallback done) = 0;
 
   // Update overwrites the entry with id `entry.id` (everything but id,

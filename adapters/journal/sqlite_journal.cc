@@ -23,7 +23,7 @@ constexpr absl::Duration kPruneInterval = absl::Hours(1);
 
 // The schema this build writes. A file with a higher user_version was written
 // by a newer build and is refused; version 0 is a new, empty file.
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 constexpr char kCreateSchema[] =
     "CREATE TABLE entries ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -46,16 +46,22 @@ constexpr char kCreateSchema[] =
     " attempts INTEGER NOT NULL,"
     " replays INTEGER NOT NULL,"
     " created_us INTEGER NOT NULL,"
-    " updated_us INTEGER NOT NULL);"
+    " updated_us INTEGER NOT NULL,"
+    " action_proto BLOB NOT NULL DEFAULT x'');"
     "CREATE UNIQUE INDEX entries_active_key ON entries (active_key);"
     "CREATE INDEX entries_created ON entries (created_us);"
-    "PRAGMA user_version = 1;";
+    "PRAGMA user_version = 2;";
+// Version 1 kept the action only as JSON (action_json, still read for its
+// rows); version 2 adds the serialized action, much cheaper to write.
+constexpr char kMigrateFrom1[] =
+    "ALTER TABLE entries ADD COLUMN action_proto BLOB NOT NULL DEFAULT x'';"
+    "PRAGMA user_version = 2;";
 
 // The columns ReadEntry reads, in its order.
 #define JOURNAL_COLUMNS                                                                      \
   "id, request_key, params, method, caller, tenant, machine_id, file_sha1, comment, state, " \
   "outcome_unknown, action_id, action_json, status_code, error_reason, error_message, "     \
-  "attempts, replays, created_us, updated_us"
+  "attempts, replays, created_us, updated_us, action_proto"
 
 constexpr char kSelectActive[] = "SELECT " JOURNAL_COLUMNS " FROM entries WHERE active_key = ?1";
 constexpr char kReleaseKey[] = "UPDATE entries SET active_key = NULL WHERE id = ?1";
@@ -63,15 +69,15 @@ constexpr char kReleaseKey[] = "UPDATE entries SET active_key = NULL WHERE id = 
 constexpr char kInsert[] =
     "INSERT INTO entries (request_key, active_key, params, method, caller, tenant, machine_id,"
     " file_sha1, comment, state, outcome_unknown, action_id, action_json, status_code,"
-    " error_reason, error_message, attempts, replays, created_us, updated_us)"
+    " error_reason, error_message, attempts, replays, created_us, updated_us, action_proto)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-    " ?19, ?20)";
+    " ?19, ?20, ?21)";
 // ?2..?17 are BindFields's.
 constexpr char kUpdate[] =
     "UPDATE entries SET params = ?2, method = ?3, caller = ?4, tenant = ?5, machine_id = ?6,"
     " file_sha1 = ?7, comment = ?8, state = ?9, outcome_unknown = ?10, action_id = ?11,"
     " action_json = ?12, status_code = ?13, error_reason = ?14, error_message = ?15,"
-    " attempts = ?16, replays = ?17, updated_us = ?18 WHERE id = ?1";
+    " attempts = ?16, replays = ?17, updated_us = ?18, action_proto = ?19 WHERE id = ?1";
 constexpr char kPrune[] = "DELETE FROM entries WHERE created_us < ?1";
 // The newest ?7 matches (all when -1), newest first.
 constexpr char kList[] =
@@ -125,6 +131,9 @@ class Statement {
     Check(sqlite3_bind_text64(stmt_, i, value.data(), value.size(), SQLITE_TRANSIENT,
                               SQLITE_UTF8));
   }
+  void Blob(int i, const std::string& value) {
+    Check(sqlite3_bind_blob64(stmt_, i, value.data(), value.size(), SQLITE_TRANSIENT));
+  }
   void Int(int i, int64_t value) { Check(sqlite3_bind_int64(stmt_, i, value)); }
   void Null(int i) { Check(sqlite3_bind_null(stmt_, i)); }
   // Step returns SQLITE_ROW, SQLITE_DONE or an error (also a failed bind's).
@@ -168,6 +177,7 @@ Entry ReadEntry(sqlite3_stmt* stmt) {
   e.replays = sqlite3_column_int(stmt, 17);
   e.created = absl::FromUnixMicros(sqlite3_column_int64(stmt, 18));
   e.updated = absl::FromUnixMicros(sqlite3_column_int64(stmt, 19));
+  e.action_proto = ColumnString(stmt, 20);
   return e;
 }
 
@@ -340,7 +350,11 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::st
           absl::StrCat("journal ", path, ": WAL mode unavailable (journal_mode is ", mode, ")"));
     }
   }
-  if (absl::Status s = w.Exec("PRAGMA synchronous = FULL", "cannot set synchronous"); !s.ok()) {
+  if (absl::Status s = w.Exec(options.sync == SqliteJournalOptions::Sync::kFull
+                                  ? "PRAGMA synchronous = FULL"
+                                  : "PRAGMA synchronous = NORMAL",
+                              "cannot set synchronous");
+      !s.ok()) {
     return s;
   }
 
@@ -356,6 +370,7 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::st
     absl::Status s = version.status();
     if (s.ok()) s = w.CheckVersion(*version);
     if (s.ok() && *version == 0) s = w.Exec(kCreateSchema, "cannot create the schema");
+    if (s.ok() && *version == 1) s = w.Exec(kMigrateFrom1, "cannot upgrade the schema");
     if (s.ok()) s = w.Exec("COMMIT", "cannot commit the schema");
     if (!s.ok()) {
       if (sqlite3_get_autocommit(w.db()) == 0) w.Exec("ROLLBACK", "").IgnoreError();
@@ -396,6 +411,12 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::OpenReadOnly(
   if (*version == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("journal ", path, ": not a journal (no schema yet)"));
+  }
+  if (*version < kSchemaVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("journal ", path, ": schema version ", *version,
+                     " was written by an older defender-plugin; start the plugin once on "
+                     "this state directory to upgrade it"));
   }
   return std::unique_ptr<SqliteJournal>(
       new SqliteJournal(path, options, nullptr, std::move(*reader)));
@@ -479,6 +500,7 @@ void SqliteJournal::WriterLoop() {
     if (batch.empty()) continue;
     Commit(batch, now);
     for (Op& op : batch) {
+      if (op.called_back) continue;
       if (op.is_begin) {
         std::move(op.begin_done)(std::move(op.begin_result));
       } else {
@@ -522,6 +544,12 @@ void SqliteJournal::Commit(std::vector<Op>& batch, absl::Time now) {
     }
     if (op_status.ok()) {
       failed = w.Exec("RELEASE op", "cannot write");
+      if (failed.ok() && op.is_begin && op.entry.request_key.empty()) {
+        // Nothing can refuse this entry any more but the commit: its caller
+        // need not wait for the disk (see the header).
+        op.called_back = true;
+        std::move(op.begin_done)(std::move(op.begin_result));
+      }
     } else {
       failed = w.Exec("ROLLBACK TO op", "cannot undo a failed write");
       if (failed.ok()) failed = w.Exec("RELEASE op", "cannot undo a failed write");
@@ -593,6 +621,7 @@ absl::StatusOr<BeginResult> SqliteJournal::DoBegin(Entry entry, absl::Time windo
     BindFields(s, 3, entry);
     s.Int(19, absl::ToUnixMicros(entry.created));
     s.Int(20, absl::ToUnixMicros(entry.updated));
+    s.Blob(21, entry.action_proto);
     rc = s.Step();
   }
   if (rc == SQLITE_DONE) {
@@ -618,6 +647,7 @@ absl::Status SqliteJournal::DoUpdate(const Entry& entry, absl::Time now) {
   s.Int(1, entry.id);
   BindFields(s, 2, entry);
   s.Int(18, absl::ToUnixMicros(now));
+  s.Blob(19, entry.action_proto);
   int rc = s.Step();
   if (rc != SQLITE_DONE) return w.Error(rc, "cannot update an entry");
   if (sqlite3_changes(w.db()) == 0) {

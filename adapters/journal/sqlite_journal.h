@@ -1,7 +1,13 @@
 // sqlite_journal.h: the Journal in an SQLite file, `<state_dir>/journal.sqlite3`.
 //
-// Durable: WAL mode with synchronous=FULL, so a write's callback runs only
-// after its transaction is on disk. Several processes may share the
+// Durable: WAL mode; with `sync` kFull (the default) each commit is fsync'd,
+// so a write's callback runs only after its transaction is on disk; with
+// kNormal commits survive a crash of the process but the last ones may be
+// lost to a crash of the machine (SQLite's synchronous=NORMAL: the WAL is
+// fsync'd at checkpoints only). Exception: a Begin of an entry without a
+// request key calls back as soon as the row is written, before its
+// transaction commits; it is committed before the callback of any later
+// write runs (so the Update that follows it is durable with it). Several processes may share the
 // directory: the write lock is taken up front (BEGIN IMMEDIATE, waiting up to
 // `busy_timeout`) and the request key is a UNIQUE column, so one request key
 // is held by one entry however many writers race.
@@ -62,6 +68,9 @@ struct SqliteJournalOptions {
   // How long a transaction waits for another process's write lock before
   // failing with UNAVAILABLE (on the writer thread, never a caller's).
   absl::Duration busy_timeout = absl::Seconds(5);
+  // How commits reach the disk (see above).
+  enum class Sync { kFull, kNormal };
+  Sync sync = Sync::kFull;
   // The time for created, updated and retention. Null = Clock::Real(). Must
   // outlive the journal.
   Clock* clock = nullptr;
@@ -112,6 +121,7 @@ class SqliteJournal final : public Journal {
     // Set by the writer thread.
     absl::StatusOr<BeginResult> begin_result;
     absl::Status update_result;
+    bool called_back = false;  // begin_done ran early (an entry without a key)
   };
 
   SqliteJournal(std::string path, SqliteJournalOptions options,

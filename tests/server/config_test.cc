@@ -215,6 +215,26 @@ TEST_F(ConfigTest, StateDirDefaultsToSystemdThenXdgThenHome) {
   EXPECT_EQ(config->state_dir, "/explicit");
 }
 
+TEST_F(ConfigTest, JournalSyncIsFullUnlessNormalIsAsked) {
+  auto config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->journal_sync_full);
+  config = Load({"--journal-sync", "normal"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->journal_sync_full);
+  env_["DEFENDER_JOURNAL_SYNC"] = "normal";
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->journal_sync_full);
+  config = Load({"--journal-sync", "full"});  // the flag comes first
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->journal_sync_full);
+  auto refused = Load({"--journal-sync", "off"});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("--journal-sync"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("'off'"));
+}
+
 TEST_F(ConfigTest, RequestIdWindowAndJournalRetention) {
   auto config = Load({});
   ASSERT_TRUE(config.ok()) << config.status();

@@ -466,9 +466,9 @@ TEST_F(RequestLedgerTest, NoKeyJournalsRunsAndRecordsTheOutcomeBeforeDone) {
   EXPECT_EQ(done.state, EntryState::kSucceeded);
   EXPECT_EQ(done.action_id, "A1");
   v1::MachineAction recorded;
-  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(done.action_json, &recorded).ok())
-      << done.action_json;
-  EXPECT_TRUE(SameAction(recorded, Action("A1"))) << done.action_json;
+  ASSERT_TRUE(recorded.ParseFromString(done.action_proto));
+  EXPECT_TRUE(SameAction(recorded, Action("A1"))) << recorded.DebugString();
+  EXPECT_EQ(done.action_json, "");
   EXPECT_EQ(done.status_code, 0);
   EXPECT_EQ(done.error_reason, "");
   EXPECT_EQ(done.error_message, "");
@@ -988,17 +988,41 @@ TEST_F(RequestLedgerTest, EntriesOlderThanTheWindowAreNotReplayed) {
 }
 
 TEST_F(RequestLedgerTest, UnreadableRecordedActionIsJournalCorrupt) {
+  for (bool legacy : {false, true}) {
+    SCOPED_TRACE(legacy ? "schema-1 JSON" : "serialized");
+    const std::string key = legacy ? "k1" : "k2";
+    Entry e = Request(key);
+    e.state = EntryState::kSucceeded;
+    e.action_id = "A1";
+    if (legacy) {
+      e.action_json = "{not json";
+    } else {
+      e.action_proto = "\xff\xff\xff";
+    }
+    e.created = e.updated = clock_.Now();
+    journal_.Put(e);
+    Answer answer;
+    ledger_.Run(Request(key), work_.Held(), answer.Callback());
+    EXPECT_EQ(work_.runs(), 0);
+    EXPECT_ERROR(answer, absl::StatusCode::kInternal, "JOURNAL_CORRUPT");
+    EXPECT_EQ(Metadata(answer.result().status(), "action_id"), "A1");
+  }
+}
+
+TEST_F(RequestLedgerTest, ActionRecordedAsJsonBySchemaOneIsReplayed) {
   Entry e = Request("k");
   e.state = EntryState::kSucceeded;
   e.action_id = "A1";
-  e.action_json = "{not json";
+  std::string json;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(Action("A1"), &json).ok());
+  e.action_json = json;
   e.created = e.updated = clock_.Now();
   journal_.Put(e);
   Answer answer;
   ledger_.Run(Request("k"), work_.Held(), answer.Callback());
   EXPECT_EQ(work_.runs(), 0);
-  EXPECT_ERROR(answer, absl::StatusCode::kInternal, "JOURNAL_CORRUPT");
-  EXPECT_EQ(Metadata(answer.result().status(), "action_id"), "A1");
+  EXPECT_ACTION(answer, "A1");
+  EXPECT_TRUE(answer.replayed());
 }
 
 TEST_F(RequestLedgerTest, DifferentKeysRunIndependently) {

@@ -60,9 +60,9 @@ class TempDir {
 auto Fields(const Entry& e) {
   return std::make_tuple(e.id, e.request_key, e.params, e.method, e.caller, e.tenant,
                          e.machine_id, e.file_sha1, e.comment, static_cast<int>(e.state),
-                         e.outcome_unknown, e.action_id, e.action_json, e.status_code,
-                         e.error_reason, e.error_message, e.attempts, e.replays, e.created,
-                         e.updated);
+                         e.outcome_unknown, e.action_id, e.action_proto, e.action_json,
+                         e.status_code, e.error_reason, e.error_message, e.attempts, e.replays,
+                         e.created, e.updated);
 }
 
 Entry Keyed(const std::string& key, const std::string& params = "p") {
@@ -140,6 +140,7 @@ TEST_F(SqliteJournalTest, RoundTripsEveryField) {
   entry.state = EntryState::kInFlight;
   entry.outcome_unknown = true;
   entry.action_id = "a-0";
+  entry.action_proto = std::string("\x0a\x00\xff\xfe", 4);  // binary, NUL included
   entry.action_json = "\xff\xfe{}";
   entry.status_code = 14;
   entry.error_reason = "R0";
@@ -175,6 +176,7 @@ TEST_F(SqliteJournalTest, RoundTripsEveryField) {
   update.state = EntryState::kFailed;
   update.outcome_unknown = false;
   update.action_id = "a-2";
+  update.action_proto = std::string("\x12\x03a-2\x00", 6);
   update.action_json = "{\"id\":\"a-2\"}";
   update.status_code = 9;
   update.error_reason = "R2";
@@ -268,14 +270,19 @@ TEST_F(SqliteJournalTest, EntriesWithoutAKeyAreAlwaysInserted) {
   auto journal = OpenJournal();
   ASSERT_NE(journal, nullptr);
   std::vector<int64_t> ids;
+  Entry last;
   for (int i = 0; i < 3; ++i) {
     absl::StatusOr<BeginResult> r = BeginSync(*journal, Keyed("", "same"), absl::InfinitePast());
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_TRUE(r->created);
     ids.push_back(r->entry.id);
+    last = r->entry;
   }
   EXPECT_LT(ids[0], ids[1]);
   EXPECT_LT(ids[1], ids[2]);
+  // The last Begin may not be committed yet; a later write's callback says
+  // it is.
+  ASSERT_TRUE(UpdateSync(*journal, last).ok());
   EXPECT_EQ(Ids(ListAll(*journal)), ids);
 }
 
@@ -531,15 +538,100 @@ TEST_F(SqliteJournalTest, NewerSchemaIsRefused) {
   ASSERT_NE(OpenJournal(), nullptr);
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(dir_.Sub("journal.sqlite3").c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 2", nullptr, nullptr, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "PRAGMA user_version = 3", nullptr, nullptr, nullptr), SQLITE_OK);
   sqlite3_close(db);
 
   absl::StatusOr<std::unique_ptr<SqliteJournal>> journal = SqliteJournal::Open(dir_.path());
   EXPECT_EQ(journal.status().code(), absl::StatusCode::kFailedPrecondition) << journal.status();
-  EXPECT_THAT(journal.status().message(), HasSubstr("schema version 2"));
+  EXPECT_THAT(journal.status().message(), HasSubstr("schema version 3"));
   EXPECT_THAT(journal.status().message(), HasSubstr(dir_.Sub("journal.sqlite3")));
   journal = SqliteJournal::OpenReadOnly(dir_.path());
   EXPECT_EQ(journal.status().code(), absl::StatusCode::kFailedPrecondition) << journal.status();
+}
+
+TEST_F(SqliteJournalTest, SchemaOneFileIsUpgradedKeepingItsEntries) {
+  // A journal as the first schema wrote it: the action only as JSON.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(dir_.Sub("journal.sqlite3").c_str(), &db), SQLITE_OK);
+  const char* v1 =
+      "PRAGMA journal_mode = WAL;"
+      "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, request_key TEXT NOT NULL,"
+      " active_key TEXT, params TEXT NOT NULL, method TEXT NOT NULL, caller TEXT NOT NULL,"
+      " tenant TEXT NOT NULL, machine_id TEXT NOT NULL, file_sha1 TEXT NOT NULL,"
+      " comment TEXT NOT NULL, state INTEGER NOT NULL, outcome_unknown INTEGER NOT NULL,"
+      " action_id TEXT NOT NULL, action_json TEXT NOT NULL, status_code INTEGER NOT NULL,"
+      " error_reason TEXT NOT NULL, error_message TEXT NOT NULL, attempts INTEGER NOT NULL,"
+      " replays INTEGER NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL);"
+      "CREATE UNIQUE INDEX entries_active_key ON entries (active_key);"
+      "CREATE INDEX entries_created ON entries (created_us);"
+      "INSERT INTO entries (request_key, active_key, params, method, caller, tenant, machine_id,"
+      " file_sha1, comment, state, outcome_unknown, action_id, action_json, status_code,"
+      " error_reason, error_message, attempts, replays, created_us, updated_us) VALUES"
+      " ('k', 'k', 'p', 'QuarantineFile', 'c', 't', 'm', 's', 'x', 1, 0, 'a-1',"
+      " '{\"id\":\"a-1\"}', 0, '', '', 1, 0, 1000, 1000);"
+      "PRAGMA user_version = 1;";
+  ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+
+  absl::StatusOr<std::unique_ptr<SqliteJournal>> read_only = SqliteJournal::OpenReadOnly(dir_.path());
+  EXPECT_EQ(read_only.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(read_only.status().message(), HasSubstr("older defender-plugin"));
+
+  std::unique_ptr<SqliteJournal> journal = OpenJournal(absl::InfiniteDuration());
+  ASSERT_NE(journal, nullptr);
+  std::vector<Entry> listed = ListAll(*journal);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].action_id, "a-1");
+  EXPECT_EQ(listed[0].action_json, "{\"id\":\"a-1\"}");
+  EXPECT_EQ(listed[0].action_proto, "");
+  Entry update = listed[0];
+  update.action_proto = std::string("\x0a\x03a-1", 5);
+  ASSERT_TRUE(UpdateSync(*journal, update).ok());
+  EXPECT_EQ(ListAll(*journal)[0].action_proto, update.action_proto);
+  journal.reset();
+  read_only = SqliteJournal::OpenReadOnly(dir_.path());
+  EXPECT_TRUE(read_only.ok()) << read_only.status();
+}
+
+TEST_F(SqliteJournalTest, BeginWithoutAKeyCallsBackBeforeItsCommitAndKeyedAfter) {
+  std::unique_ptr<SqliteJournal> journal = OpenJournal();
+  ASSERT_NE(journal, nullptr);
+  const int64_t commits = journal->Commits();
+  absl::Notification unkeyed_done, keyed_done;
+  int64_t commits_at_unkeyed = -1, commits_at_keyed = -1;
+  int64_t unkeyed_id = 0;
+  journal->Begin(Entry(), absl::InfinitePast(), [&](absl::StatusOr<BeginResult> r) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    unkeyed_id = r->entry.id;
+    commits_at_unkeyed = journal->Commits();
+    unkeyed_done.Notify();
+  });
+  unkeyed_done.WaitForNotification();
+  journal->Begin(Keyed("k"), absl::InfinitePast(), [&](absl::StatusOr<BeginResult> r) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    commits_at_keyed = journal->Commits();
+    keyed_done.Notify();
+  });
+  keyed_done.WaitForNotification();
+  EXPECT_EQ(commits_at_unkeyed, commits) << "the entry without a key did not wait for its commit";
+  EXPECT_GT(commits_at_keyed, commits) << "a keyed entry is durable before its callback";
+  // The early entry was committed all the same.
+  EXPECT_EQ(ListAll(*journal).size(), 2u);
+  EXPECT_GT(unkeyed_id, 0);
+}
+
+TEST_F(SqliteJournalTest, NormalSyncStillCommitsEveryWrite) {
+  SqliteJournalOptions options;
+  options.sync = SqliteJournalOptions::Sync::kNormal;
+  absl::StatusOr<std::unique_ptr<SqliteJournal>> journal = SqliteJournal::Open(dir_.path(), options);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  absl::StatusOr<BeginResult> begun = BeginSync(**journal, Keyed("k"), absl::InfinitePast());
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  journal->reset();
+  std::unique_ptr<SqliteJournal> reopened = OpenJournal();
+  ASSERT_NE(reopened, nullptr);
+  ASSERT_EQ(ListAll(*reopened).size(), 1u);
+  EXPECT_EQ(ListAll(*reopened)[0].request_key, "k");
 }
 
 TEST_F(SqliteJournalTest, GroupCommitPutsQueuedWritesInOneTransaction) {
@@ -547,7 +639,7 @@ TEST_F(SqliteJournalTest, GroupCommitPutsQueuedWritesInOneTransaction) {
   ASSERT_NE(journal, nullptr);
   absl::Notification in_callback, release;
   absl::StatusOr<BeginResult> blocker;
-  journal->Begin(Keyed(""), absl::InfinitePast(), [&](absl::StatusOr<BeginResult> r) {
+  journal->Begin(Keyed("blocker"), absl::InfinitePast(), [&](absl::StatusOr<BeginResult> r) {
     blocker = std::move(r);
     in_callback.Notify();
     release.WaitForNotification();
