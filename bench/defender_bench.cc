@@ -8,6 +8,10 @@
 //       the ceiling: the same POST /api/machines/{id}/StopAndQuarantineFile
 //       sent straight to the API with libcurl's multi interface, N transfers
 //       in flight on one thread, connections and TLS sessions reused.
+//   With --rate R (grpc and direct), the N callers are paced instead: a call
+//   starts every 1/R s on a free caller (a tick finding none is counted as
+//   "missed"), so both paths can be compared at the same offered load, below
+//   saturation, where latency is the path's own and not queueing.
 //   defender-bench hold    --target HOST:PORT --calls N ...
 //       N QuarantineFile calls at once, left waiting (on the plugin's rate
 //       limiter); prints {"sent": N} then waits for a line on stdin, cancels
@@ -52,9 +56,9 @@ using json = nlohmann::ordered_json;
 constexpr char kUsage[] =
     "usage: defender-bench MODE [flags]\n"
     "  grpc    --target HOST:PORT --concurrency N --seconds S [--warmup-seconds W]\n"
-    "          [--machine ID] [--tag HEX8] [--tenant T]\n"
+    "          [--rate R] [--machine ID] [--tag HEX8] [--tenant T]\n"
     "  direct  --url https://HOST:PORT --ca FILE --concurrency N --seconds S\n"
-    "          [--warmup-seconds W] [--machine ID] [--tag HEX8] [--tenant-id ID]\n"
+    "          [--warmup-seconds W] [--rate R] [--machine ID] [--tag HEX8] [--tenant-id ID]\n"
     "          [--client-id ID] (secret: $BENCH_CLIENT_SECRET) [--scope SCOPE]\n"
     "  hold    --target HOST:PORT --calls N [--deadline-seconds D] [--machine ID] [--tag HEX8]\n"
     "  serving --target HOST:PORT --since-monotonic-ns T0 [--timeout-seconds S]\n";
@@ -137,7 +141,7 @@ struct Samples {
 };
 
 json Report(const std::string& mode, int concurrency, double window_s,
-            const std::vector<Samples>& per_caller) {
+            const std::vector<Samples>& per_caller, double rate = 0, int64_t missed = 0) {
   std::vector<int64_t> all;
   int64_t ok = 0;
   std::map<std::string, int64_t> errors;
@@ -161,6 +165,10 @@ json Report(const std::string& mode, int concurrency, double window_s,
   j["rps"] = window_s > 0 ? static_cast<double>(ok) / window_s : 0;
   j["p50_ms"] = pct(0.50);
   j["p99_ms"] = pct(0.99);
+  if (rate > 0) {
+    j["offered_rps"] = rate;
+    j["missed_ticks"] = missed;
+  }
   return j;
 }
 
@@ -170,8 +178,9 @@ json Report(const std::string& mode, int concurrency, double window_s,
 class GrpcLoad {
  public:
   GrpcLoad(std::shared_ptr<grpc::Channel> channel, int concurrency, std::string machine,
-           std::string tag, std::string tenant)
-      : stub_(defender::v1::ResponseService::NewStub(channel)),
+           std::string tag, std::string tenant, double rate)
+      : rate_(rate),
+        stub_(defender::v1::ResponseService::NewStub(channel)),
         machine_(std::move(machine)),
         tag_(std::move(tag)),
         tenant_(std::move(tenant)),
@@ -181,18 +190,23 @@ class GrpcLoad {
     const int64_t start = MonotonicNs();
     window_start_ = start + absl::ToInt64Nanoseconds(warmup);
     window_end_ = window_start_ + absl::ToInt64Nanoseconds(window);
-    for (Caller& c : callers_) Next(c);
+    if (rate_ > 0) {
+      Pace();
+    } else {
+      for (Caller& c : callers_) Next(c);
+    }
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(
         +[](GrpcLoad* self) { return self->finished_ == self->callers_.size(); }, this));
     std::vector<Samples> samples;
     for (Caller& c : callers_) samples.push_back(std::move(c.samples));
-    return Report("grpc", static_cast<int>(callers_.size()),
-                  absl::ToDoubleSeconds(window), samples);
+    return Report("grpc", static_cast<int>(callers_.size()), absl::ToDoubleSeconds(window),
+                  samples, rate_, missed_);
   }
 
  private:
   struct Caller {
+    std::atomic<bool> busy{false};  // paced mode: a call is in flight
     std::unique_ptr<grpc::ClientContext> context;
     defender::v1::QuarantineFileRequest request;
     defender::v1::QuarantineFileResponse response;
@@ -200,12 +214,51 @@ class GrpcLoad {
     Samples samples;
   };
 
+  // Pace starts a call every 1/rate_ s on a free caller until the window
+  // ends, then marks each caller finished once it is idle.
+  void Pace() {
+    const int64_t interval = static_cast<int64_t>(1e9 / rate_);
+    int64_t next = MonotonicNs();
+    size_t round_robin = 0;
+    while (next < window_end_) {
+      int64_t now = MonotonicNs();
+      if (now < next) {
+        std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
+      }
+      bool sent = false;
+      for (size_t i = 0; i < callers_.size() && !sent; ++i) {
+        Caller& c = callers_[(round_robin + i) % callers_.size()];
+        bool idle = false;
+        if (c.busy.compare_exchange_strong(idle, true)) {
+          round_robin = (round_robin + i + 1) % callers_.size();
+          Send(c);
+          sent = true;
+        }
+      }
+      if (!sent && next >= window_start_) ++missed_;
+      next += interval;
+    }
+    for (Caller& c : callers_) {
+      while (c.busy.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    absl::MutexLock lock(&mu_);
+    finished_ = callers_.size();
+  }
+
   void Next(Caller& c) {
+    if (rate_ > 0) {
+      c.busy.store(false);
+      return;
+    }
     if (MonotonicNs() >= window_end_) {
       absl::MutexLock lock(&mu_);
       ++finished_;
       return;
     }
+    Send(c);
+  }
+
+  void Send(Caller& c) {
     c.context = std::make_unique<grpc::ClientContext>();
     c.context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     c.request.set_machine_id(machine_);
@@ -226,6 +279,7 @@ class GrpcLoad {
         c.samples.latency_ns.push_back(now - c.sent_ns);
       } else {
         ++c.samples.errors[absl::StrCat(status.error_code())];
+        if (time_errors_) c.samples.latency_ns.push_back(now - c.sent_ns);
         if (c.samples.errors.size() == 1 && first_error_.exchange(true) == false) {
           std::cerr << "defender-bench: first error: " << status.error_code() << " "
                     << status.error_message() << "\n";
@@ -235,6 +289,11 @@ class GrpcLoad {
     Next(c);
   }
 
+  const double rate_;  // 0 = closed loop
+ public:
+  bool time_errors_ = false;  // latency samples include failed calls
+ private:
+  int64_t missed_ = 0;
   std::unique_ptr<defender::v1::ResponseService::Stub> stub_;
   const std::string machine_, tag_, tenant_;
   std::vector<Caller> callers_;
@@ -253,6 +312,9 @@ int RunGrpc(Flags& f) {
   const std::string machine = f.Str("machine", kDefaultMachine);
   const std::string tag = f.Str("tag", "0000000a");
   const std::string tenant = f.Str("tenant", "-");
+  const double rate = f.Double("rate", 0);
+  // Failed calls' latency too (e.g. to time validation errors alone).
+  const bool time_errors = f.Int("time-errors", 0) != 0;
   f.CheckAllUsed();
   if (concurrency < 1) Usage("--concurrency must be at least 1");
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
@@ -260,7 +322,8 @@ int RunGrpc(Flags& f) {
     std::cerr << "defender-bench: cannot connect to " << target << "\n";
     return 1;
   }
-  GrpcLoad load(channel, concurrency, machine, tag, tenant == "-" ? "" : tenant);
+  GrpcLoad load(channel, concurrency, machine, tag, tenant == "-" ? "" : tenant, rate);
+  load.time_errors_ = time_errors;
   std::cout << load.Run(absl::Seconds(warmup), absl::Seconds(seconds)).dump() << std::endl;
   return 0;
 }
@@ -337,6 +400,7 @@ int RunDirect(Flags& f) {
   const std::string client_id = f.Str("client-id", "22222222-2222-2222-2222-222222222222");
   const std::string scope = f.Str("scope", "https://api.securitycenter.microsoft.com/.default");
   const bool fresh = f.Int("fresh-connect", 0) != 0;
+  const double rate = f.Double("rate", 0);
   f.CheckAllUsed();
   if (concurrency < 1) Usage("--concurrency must be at least 1");
   const char* secret = std::getenv("BENCH_CLIENT_SECRET");
@@ -360,6 +424,7 @@ int RunDirect(Flags& f) {
     p.sent_ns = MonotonicNs();
     curl_multi_add_handle(multi, p.easy);
   };
+  std::vector<CurlPost*> idle;  // paced mode: handles with no transfer
   for (CurlPost& p : posts) {
     p.easy = curl_easy_init();
     PrepareCommon(p.easy, ca);
@@ -371,11 +436,31 @@ int RunDirect(Flags& f) {
     curl_easy_setopt(p.easy, CURLOPT_WRITEDATA, &p.response);
     curl_easy_setopt(p.easy, CURLOPT_PRIVATE, &p);
     if (fresh) curl_easy_setopt(p.easy, CURLOPT_FRESH_CONNECT, 1L);
-    send(p);
+    if (rate > 0) {
+      idle.push_back(&p);
+    } else {
+      send(p);
+    }
   }
-  int running = concurrency;
+  int running = rate > 0 ? 0 : concurrency;
+  const int64_t interval = rate > 0 ? static_cast<int64_t>(1e9 / rate) : 0;
+  int64_t next_tick = MonotonicNs();
+  int64_t missed = 0;
   bool first_error = true;
-  while (running > 0) {
+  while (running > 0 || (rate > 0 && next_tick < window_end)) {
+    if (rate > 0) {
+      for (int64_t now = MonotonicNs(); next_tick <= now && next_tick < window_end;
+           next_tick += interval) {
+        if (idle.empty()) {
+          if (next_tick >= window_start) ++missed;
+          continue;
+        }
+        CurlPost* p = idle.back();
+        idle.pop_back();
+        ++running;
+        send(*p);
+      }
+    }
     int still = 0;
     curl_multi_perform(multi, &still);
     int queued = 0;
@@ -401,13 +486,22 @@ int RunDirect(Flags& f) {
           }
         }
       }
-      if (now < window_end) {
+      if (rate > 0) {
+        idle.push_back(p);
+        --running;
+      } else if (now < window_end) {
         send(*p);
       } else {
         --running;
       }
     }
-    if (running > 0) curl_multi_poll(multi, nullptr, 0, 100, nullptr);
+    int wait_ms = 100;
+    if (rate > 0 && next_tick < window_end) {
+      wait_ms = static_cast<int>(std::max<int64_t>(0, (next_tick - MonotonicNs()) / 1000000));
+    }
+    if (running > 0 || (rate > 0 && next_tick < window_end)) {
+      curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
+    }
   }
   std::vector<Samples> samples;
   for (CurlPost& p : posts) {
@@ -416,7 +510,7 @@ int RunDirect(Flags& f) {
     curl_slist_free_all(p.headers);
   }
   curl_multi_cleanup(multi);
-  std::cout << Report("direct", concurrency, seconds, samples).dump() << std::endl;
+  std::cout << Report("direct", concurrency, seconds, samples, rate, missed).dump() << std::endl;
   return 0;
 }
 
