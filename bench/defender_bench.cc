@@ -60,6 +60,7 @@ constexpr char kUsage[] =
     "  direct  --url https://HOST:PORT --ca FILE --concurrency N --seconds S\n"
     "          [--warmup-seconds W] [--rate R] [--machine ID] [--tag HEX8] [--tenant-id ID]\n"
     "          [--client-id ID] (secret: $BENCH_CLIENT_SECRET) [--scope SCOPE]\n"
+    "          [--fresh-connect 1] (a new connection per POST)\n"
     "  hold    --target HOST:PORT --calls N [--deadline-seconds D] [--machine ID] [--tag HEX8]\n"
     "  serving --target HOST:PORT --since-monotonic-ns T0 [--timeout-seconds S]\n";
 
@@ -127,6 +128,7 @@ class Flags {
 };
 
 constexpr char kDefaultMachine[] = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+constexpr char kDefaultTag[] = "0000000f";
 
 // Sha1For makes the n-th distinct SHA-1 of a run: the 8-hex-digit tag, then n.
 std::string Sha1For(const std::string& tag, uint64_t n) {  // tag: 8 hex digits
@@ -304,27 +306,40 @@ class GrpcLoad {
   size_t finished_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// LoadFlags are the flags grpc and direct share.
+struct LoadFlags {
+  int concurrency = 0;
+  double seconds = 0, warmup = 0, rate = 0;
+  std::string machine, tag;
+};
+
+LoadFlags ReadLoadFlags(Flags& f) {
+  LoadFlags l;
+  l.concurrency = static_cast<int>(f.Int("concurrency"));
+  if (l.concurrency < 1) Usage("--concurrency must be at least 1");
+  l.seconds = f.Double("seconds", 3);
+  l.warmup = f.Double("warmup-seconds", 0.5);
+  l.rate = f.Double("rate", 0);
+  l.machine = f.Str("machine", kDefaultMachine);
+  l.tag = f.Str("tag", kDefaultTag);  // checked by main
+  return l;
+}
+
 int RunGrpc(Flags& f) {
   const std::string target = f.Str("target");
-  const int concurrency = static_cast<int>(f.Int("concurrency"));
-  const double seconds = f.Double("seconds", 3);
-  const double warmup = f.Double("warmup-seconds", 0.5);
-  const std::string machine = f.Str("machine", kDefaultMachine);
-  const std::string tag = f.Str("tag", "0000000a");
+  const LoadFlags l = ReadLoadFlags(f);
   const std::string tenant = f.Str("tenant", "-");
-  const double rate = f.Double("rate", 0);
   // Failed calls' latency too (e.g. to time validation errors alone).
   const bool time_errors = f.Int("time-errors", 0) != 0;
   f.CheckAllUsed();
-  if (concurrency < 1) Usage("--concurrency must be at least 1");
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
     std::cerr << "defender-bench: cannot connect to " << target << "\n";
     return 1;
   }
-  GrpcLoad load(channel, concurrency, machine, tag, tenant == "-" ? "" : tenant, rate);
+  GrpcLoad load(channel, l.concurrency, l.machine, l.tag, tenant == "-" ? "" : tenant, l.rate);
   load.time_errors_ = time_errors;
-  std::cout << load.Run(absl::Seconds(warmup), absl::Seconds(seconds)).dump() << std::endl;
+  std::cout << load.Run(absl::Seconds(l.warmup), absl::Seconds(l.seconds)).dump() << std::endl;
   return 0;
 }
 
@@ -391,30 +406,27 @@ std::string FetchToken(const std::string& url, const std::string& ca, const std:
 int RunDirect(Flags& f) {
   const std::string url = f.Str("url");
   const std::string ca = f.Str("ca");
-  const int concurrency = static_cast<int>(f.Int("concurrency"));
-  const double seconds = f.Double("seconds", 3);
-  const double warmup = f.Double("warmup-seconds", 0.5);
-  const std::string machine = f.Str("machine", kDefaultMachine);
-  const std::string tag = f.Str("tag", "0000000b");
+  const LoadFlags l = ReadLoadFlags(f);
+  const int concurrency = l.concurrency;
+  const double seconds = l.seconds, rate = l.rate;
+  const std::string& tag = l.tag;
   const std::string tenant = f.Str("tenant-id", "11111111-1111-1111-1111-111111111111");
   const std::string client_id = f.Str("client-id", "22222222-2222-2222-2222-222222222222");
   const std::string scope = f.Str("scope", "https://api.securitycenter.microsoft.com/.default");
   const bool fresh = f.Int("fresh-connect", 0) != 0;
-  const double rate = f.Double("rate", 0);
   f.CheckAllUsed();
-  if (concurrency < 1) Usage("--concurrency must be at least 1");
   const char* secret = std::getenv("BENCH_CLIENT_SECRET");
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const std::string token = FetchToken(url, ca, tenant, client_id,
                                        secret != nullptr ? secret : "sandbox-secret", scope);
   const std::string post_url =
-      absl::StrCat(url, "/api/machines/", machine, "/StopAndQuarantineFile");
+      absl::StrCat(url, "/api/machines/", l.machine, "/StopAndQuarantineFile");
   const std::string authorization = absl::StrCat("Authorization: Bearer ", token);
 
   CURLM* multi = curl_multi_init();
   std::vector<CurlPost> posts(static_cast<size_t>(concurrency));
   uint64_t counter = 0;
-  const int64_t window_start = MonotonicNs() + static_cast<int64_t>(warmup * 1e9);
+  const int64_t window_start = MonotonicNs() + static_cast<int64_t>(l.warmup * 1e9);
   const int64_t window_end = window_start + static_cast<int64_t>(seconds * 1e9);
   auto send = [&](CurlPost& p) {
     p.body = json{{"Comment", "defender-bench"}, {"Sha1", Sha1For(tag, counter++)}}.dump();
@@ -522,7 +534,7 @@ int RunHold(Flags& f) {
   const int calls = static_cast<int>(f.Int("calls"));
   const int64_t deadline_s = f.Int("deadline-seconds", 7200);
   const std::string machine = f.Str("machine", kDefaultMachine);
-  const std::string tag = f.Str("tag", "0000000c");
+  const std::string tag = f.Str("tag", kDefaultTag);
   f.CheckAllUsed();
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
@@ -625,7 +637,7 @@ int main(int argc, char** argv) {
   if (argc < 2) Usage("a mode is required");
   const std::string mode = argv[1];
   Flags flags(argc, argv);
-  const std::string tag = flags.Str("tag", "0000000f");
+  const std::string tag = flags.Str("tag", kDefaultTag);
   if (tag.size() != 8 || tag.find_first_not_of("0123456789abcdef") != std::string::npos) {
     Usage("--tag wants 8 lowercase hex digits");
   }
