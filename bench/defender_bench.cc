@@ -110,7 +110,9 @@ class Flags {
     auto it = values_.find(name);
     if (it == values_.end()) return fallback;
     double v = 0;
-    if (!absl::SimpleAtod(it->second, &v) || v < 0) Usage(absl::StrCat("--", name, " wants a number"));
+    if (!absl::SimpleAtod(it->second, &v) || v < 0) {
+      Usage(absl::StrCat("--", name, " wants a number"));
+    }
     return v;
   }
   // CheckAllUsed refuses flags the mode does not know.

@@ -179,7 +179,9 @@ absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Admit(
 
 absl::Time ResponseServiceImpl::Deadline(const grpc::CallbackServerContext& context) const {
   const auto caller = context.deadline();
-  if (caller == std::chrono::system_clock::time_point::max()) return clock_.Now() + default_timeout_;
+  if (caller == std::chrono::system_clock::time_point::max()) {
+    return clock_.Now() + default_timeout_;
+  }
   return absl::FromChrono(caller);
 }
 

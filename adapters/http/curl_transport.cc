@@ -620,6 +620,12 @@ class CurlTransport::Impl {
         long status = 0;
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         t->response.status = static_cast<int>(status);
+        long version = 0;
+        curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
+        t->response.http_version = version == CURL_HTTP_VERSION_2_0   ? "2"
+                                   : version == CURL_HTTP_VERSION_3   ? "3"
+                                   : version == CURL_HTTP_VERSION_1_0 ? "1.0"
+                                                                      : "1.1";
         result = std::move(t->response);
       } else {
         result = ErrorFor(*t, code);

@@ -23,8 +23,9 @@
 // still reuse pooled connections (no handshake per POST), but only one used
 // within the last second: a connection idle for longer may have been closed
 // by the server, and libcurl cannot always tell (a TLS close_notify looks like
-// data). The race that remains is rare, and costs that lookup, not a duplicate. (HTTP/2 repeats only a stream
-// the server refused unprocessed; it is stopped the same way, for simplicity.)
+// data). The race that remains is rare, and costs that lookup, not a
+// duplicate. (HTTP/2 repeats only a stream the server refused unprocessed; it
+// is stopped the same way, for simplicity.)
 //
 // Cancellation: HttpRequest::cancellation, once raised, wakes the loop, which
 // removes the transfer (queued for a connection or in flight) and completes it

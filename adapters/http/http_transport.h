@@ -81,6 +81,8 @@ struct HttpRequest {
 // HttpResponse is a complete answer.
 struct HttpResponse {
   int status = 0;
+  // The HTTP version the answer came over: "1.0", "1.1", "2" or "3".
+  std::string http_version;
   // (Qualified: the member function Header below hides the type name.)
   std::vector<http::Header> headers;  // in arrival order; names as sent
   std::string body;

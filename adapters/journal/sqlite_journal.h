@@ -7,10 +7,13 @@
 // fsync'd at checkpoints only). Exception: a Begin of an entry without a
 // request key calls back as soon as the row is written, before its
 // transaction commits; it is committed before the callback of any later
-// write runs (so the Update that follows it is durable with it). Several processes may share the
-// directory: the write lock is taken up front (BEGIN IMMEDIATE, waiting up to
-// `busy_timeout`) and the request key is a UNIQUE column, so one request key
-// is held by one entry however many writers race.
+// write runs (so the Update that follows it is durable with it; should that
+// commit fail, the Update finds no entry: NOT_FOUND).
+//
+// Several processes may share the directory: the write lock is taken up
+// front (BEGIN IMMEDIATE, waiting up to `busy_timeout`) and the request key
+// is a UNIQUE column, so one request key is held by one entry however many
+// writers race.
 //
 // Begin and Update never block the caller. They are queued for one writer
 // thread, which commits everything queued in one transaction (group commit:

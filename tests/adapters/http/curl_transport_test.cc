@@ -4,18 +4,22 @@
 #include "adapters/http/curl_transport.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <set>
@@ -1336,6 +1340,119 @@ TEST(CurlTransportConnectTest, NonIdempotentRequestTakesNoConnectionIdleForASeco
   EXPECT_EQ(seen[1].connection, seen[0].connection);
   EXPECT_NE(seen[2].connection, seen[1].connection);
   EXPECT_TRUE(seen[2].tls_resumed);
+}
+
+// Nghttpd runs nghttp2's HTTP/2 server (Debian's nghttp2-server) over TLS on
+// 127.0.0.1, serving `htdocs`, with a verbose frame log.
+class Nghttpd {
+ public:
+  static constexpr char kBinary[] = "/usr/sbin/nghttpd";
+
+  explicit Nghttpd(const std::string& htdocs)
+      : key_(Certs().key_pem), cert_(Certs().cert_pem), log_("") {
+    port_ = ClosedPort();
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = open(log_.path().c_str(), O_WRONLY | O_TRUNC);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      const std::string port = std::to_string(port_);
+      execl(kBinary, kBinary, "-v", "--address=127.0.0.1", ("--htdocs=" + htdocs).c_str(),
+            port.c_str(), key_.path().c_str(), cert_.path().c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Ready once it accepts connections.
+    for (int i = 0; i < 200; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      addr.sin_port = htons(static_cast<uint16_t>(port_));
+      const bool up = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+      close(fd);
+      if (up) return;
+      absl::SleepFor(absl::Milliseconds(25));
+    }
+    ADD_FAILURE() << "nghttpd did not start";
+  }
+  ~Nghttpd() { Stop(); }
+
+  void Stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  std::string Url(const std::string& path) const {
+    return absl::StrCat("https://127.0.0.1:", port_, path);
+  }
+  // Connections returns how many connections carried requests: the log's
+  // "[id=N]" prefixes on "recv HEADERS" lines (the readiness probe sent none).
+  int Connections() const {
+    std::ifstream in(log_.path());
+    std::string line;
+    std::set<std::string> ids;
+    while (std::getline(in, line)) {
+      const size_t at = line.find("[id=");
+      if (at != std::string::npos && line.find("recv HEADERS") != std::string::npos) {
+        ids.insert(line.substr(at, line.find(']', at) - at));
+      }
+    }
+    return static_cast<int>(ids.size());
+  }
+
+ private:
+  TempFile key_, cert_, log_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+TEST(CurlTransportHttp2Test, ConcurrentRequestsShareOneHttp2ConnectionWhenTheServerOffersIt) {
+  if (access(Nghttpd::kBinary, X_OK) != 0) {
+    GTEST_SKIP() << Nghttpd::kBinary << " is missing (Debian's nghttp2-server; scripts/install-deps)";
+  }
+  char dir[] = "/tmp/h2-htdocs-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  { std::ofstream(absl::StrCat(dir, "/x")) << "hello"; }
+  Nghttpd server(dir);
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  constexpr int kRequests = 8;
+  std::vector<Outcome> outcomes(kRequests);
+  for (Outcome& outcome : outcomes) {
+    HttpRequest request;
+    request.url = server.Url("/x");
+    transport->Send(std::move(request), outcome.Callback());
+  }
+  for (Outcome& outcome : outcomes) {
+    auto response = outcome.Wait();
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(response->http_version, "2");
+    EXPECT_EQ(response->body, "hello");
+  }
+  transport.reset();
+  server.Stop();
+  EXPECT_EQ(server.Connections(), 1) << "the requests were not multiplexed on one connection";
+  std::remove(absl::StrCat(dir, "/x").c_str());
+  rmdir(dir);
+}
+
+TEST(CurlTransportConnectTest, AnswerSaysItsHttpVersion) {
+  KeepAliveTlsServer server(Certs(), [](const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Outcome outcome;
+  HttpRequest request;
+  request.url = server.Url("/x");
+  transport->Send(std::move(request), outcome.Callback());
+  auto response = outcome.Wait();
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->http_version, "1.1");
 }
 
 TEST(CurlTransportConnectTest, RequestHeadIsSentAsGiven) {
