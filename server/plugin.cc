@@ -15,7 +15,6 @@ namespace defender {
 
 absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const PluginConfig& config) {
   std::unique_ptr<PluginRuntime> runtime(new PluginRuntime());
-  runtime->scheduler_ = std::make_unique<TimerThread>();
   http::CurlTransportOptions transport_options;
   transport_options.ca_file = config.ca_file;
   absl::StatusOr<std::unique_ptr<http::CurlTransport>> transport =
@@ -27,12 +26,11 @@ absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const Plugi
 
 PluginRuntime::~PluginRuntime() {
   // Limiters first (they use the timers and complete their waiters), then
-  // the timers, then the transport (a timer task may still be sending).
+  // the transport with its timers.
   {
     absl::MutexLock lock(&mu_);
     budgets_.clear();
   }
-  scheduler_.reset();
   transport_.reset();
 }
 
@@ -42,7 +40,7 @@ std::shared_ptr<RateLimiter> PluginRuntime::Budget(const std::string& name, Rate
   if (entry.limiter == nullptr || entry.limits.per_minute != limits.per_minute ||
       entry.limits.per_hour != limits.per_hour) {
     entry.limits = limits;
-    entry.limiter = std::make_shared<SlidingWindowLimiter>(limits, *scheduler_);
+    entry.limiter = std::make_shared<SlidingWindowLimiter>(limits, transport_->scheduler());
   }
   return entry.limiter;
 }

@@ -24,6 +24,7 @@
 #include "adapters/common/rate_limiter.h"
 #include "adapters/common/scheduler.h"
 #include "adapters/defender/defender_client.h"
+#include "adapters/http/curl_transport.h"
 #include "adapters/http/http_transport.h"
 #include "server/config.h"
 #include "server/rate_limiter.h"
@@ -43,12 +44,12 @@ class TenantDirectory {
 // PluginRuntime is what outlives configuration reloads. Thread-safe.
 class PluginRuntime {
  public:
-  // Create starts the timer thread and the transport (trusting
-  // config.ca_file).
+  // Create starts the transport (trusting config.ca_file), whose loop thread
+  // also runs every timer (rate-limit slots, retry pauses, watch polls).
   static absl::StatusOr<std::unique_ptr<PluginRuntime>> Create(const PluginConfig& config);
   ~PluginRuntime();
 
-  Scheduler& scheduler() { return *scheduler_; }
+  Scheduler& scheduler() { return transport_->scheduler(); }
   http::HttpTransport& transport() { return *transport_; }
 
   // Budget returns the limiter of tenant `name` with `limits`: the same one
@@ -57,8 +58,7 @@ class PluginRuntime {
 
  private:
   PluginRuntime() = default;
-  std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<http::HttpTransport> transport_;
+  std::unique_ptr<http::CurlTransport> transport_;
   absl::Mutex mu_;
   struct BudgetEntry {
     RateLimits limits;

@@ -383,6 +383,41 @@ class CurlTransport::Impl {
       curl_multi_wakeup(multi_);
       thread_.join();
     }
+    // Timers that have not run are dropped. Destroying one may call RunAt or
+    // Cancel (a capture's destructor): destroy outside the lock, until
+    // nothing is left.
+    while (true) {
+      scheduler_internal::TimerQueue::Tasks dropped;
+      {
+        absl::MutexLock lock(&mu_);
+        dropped = timers_.TakeAll();
+      }
+      if (dropped.empty()) break;
+    }
+  }
+
+  Scheduler::TaskId RunAt(absl::Time when, Scheduler::Task task) {
+    bool earliest;
+    Scheduler::TaskId id;
+    {
+      absl::MutexLock lock(&mu_);
+      earliest = when < timers_.NextTime();
+      id = timers_.Add(when, std::move(task));
+    }
+    // The loop may be asleep until a later time (or for kMaxPollMs).
+    if (earliest) curl_multi_wakeup(multi_);
+    return id;
+  }
+
+  bool Cancel(Scheduler::TaskId id) {
+    Scheduler::Task removed;  // destroyed after the lock is released
+    absl::MutexLock lock(&mu_);
+    return timers_.Remove(id, &removed);
+  }
+
+  size_t PendingTimers() const {
+    absl::MutexLock lock(&mu_);
+    return timers_.size();
   }
 
   absl::Status Start() {
@@ -439,10 +474,33 @@ class CurlTransport::Impl {
       int running = 0;
       curl_multi_perform(multi_, &running);
       CollectFinished();
-      if (curl_multi_poll(multi_, nullptr, 0, kMaxPollMs, nullptr) != CURLM_OK) {
+      const int wait_ms = RunDueTimers();
+      if (curl_multi_poll(multi_, nullptr, 0, wait_ms, nullptr) != CURLM_OK) {
         // Cannot happen short of a broken process; never spin on it.
         absl::SleepFor(absl::Milliseconds(10));
       }
+    }
+  }
+
+  // RunDueTimers runs every timer task that is due, outside the lock, and
+  // returns how long the loop may sleep before the next one (at most
+  // kMaxPollMs; libcurl shortens it further for its own timeouts).
+  int RunDueTimers() {
+    for (;;) {
+      Scheduler::Task task;
+      absl::Time next;
+      {
+        absl::MutexLock lock(&mu_);
+        const absl::Time now = absl::Now();
+        if (!timers_.PopDue(now, &task)) {
+          next = timers_.NextTime();
+          if (next == absl::InfiniteFuture()) return kMaxPollMs;
+          const int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1)));
+          return static_cast<int>(std::min<int64_t>(std::max<int64_t>(ms, 0), kMaxPollMs));
+        }
+      }
+      std::move(task)();
+      task = nullptr;  // destroy what it captured before taking the lock again
     }
   }
 
@@ -695,9 +753,10 @@ class CurlTransport::Impl {
   std::shared_ptr<Wakeup> wakeup_;
   std::thread thread_;
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Transfer>> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  scheduler_internal::TimerQueue timers_ ABSL_GUARDED_BY(mu_);
 
   // Loop thread only.
   std::unordered_map<Transfer*, std::unique_ptr<Transfer>> active_;
@@ -728,9 +787,25 @@ absl::StatusOr<std::unique_ptr<CurlTransport>> CurlTransport::Create(
   return std::unique_ptr<CurlTransport>(new CurlTransport(std::move(impl)));
 }
 
-CurlTransport::CurlTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+// LoopScheduler is the transport's Scheduler: its tasks run on the loop.
+class CurlTransport::LoopScheduler final : public Scheduler {
+ public:
+  explicit LoopScheduler(Impl& impl) : impl_(impl) {}
+  TaskId RunAt(absl::Time when, Task task) override { return impl_.RunAt(when, std::move(task)); }
+  bool Cancel(TaskId id) override { return impl_.Cancel(id); }
+
+ private:
+  Impl& impl_;
+};
+
+CurlTransport::CurlTransport(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)), scheduler_(std::make_unique<LoopScheduler>(*impl_)) {}
 
 CurlTransport::~CurlTransport() { impl_->Stop(); }
+
+Scheduler& CurlTransport::scheduler() { return *scheduler_; }
+
+size_t CurlTransport::PendingTimers() const { return impl_->PendingTimers(); }
 
 void CurlTransport::Send(HttpRequest request, Callback done) {
   impl_->Send(std::move(request), std::move(done));

@@ -27,6 +27,12 @@
 // duplicate. (HTTP/2 repeats only a stream the server refused unprocessed; it
 // is stopped the same way, for simplicity.)
 //
+// Timers: scheduler() is a Scheduler whose tasks run on the same loop thread
+// (between transfers, never during one), so a process needs no timer thread
+// of its own: rate-limit slots, retry pauses and polls wait in the loop's
+// timer queue. Tasks must not block; they may Send, RunAt and Cancel. Tasks
+// that have not run when the transport is destroyed are dropped unrun.
+//
 // Cancellation: HttpRequest::cancellation, once raised, wakes the loop, which
 // removes the transfer (queued for a connection or in flight) and completes it
 // on the loop thread; libcurl's progress callback also polls the flag.
@@ -61,6 +67,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "adapters/common/scheduler.h"
 #include "adapters/http/http_transport.h"
 
 namespace defender::http {
@@ -94,17 +101,26 @@ class CurlTransport final : public HttpTransport {
 
   // Stops the loop; requests still queued or in flight complete with CANCELLED
   // (on the loop thread, before the destructor returns; a Send from such a
-  // callback is cancelled too). Must not be called from one of this
-  // transport's callbacks, nor concurrently with Send from another thread.
+  // callback is cancelled too), and timer tasks not yet run are dropped. Must
+  // not be called from one of this transport's callbacks or timer tasks, nor
+  // concurrently with Send from another thread.
   ~CurlTransport() override;
 
   void Send(HttpRequest request, Callback done) override;
 
+  // scheduler runs tasks on the loop thread (see the header comment). Valid
+  // as long as the transport.
+  Scheduler& scheduler();
+  // PendingTimers counts the scheduler's tasks waiting to run.
+  size_t PendingTimers() const;
+
   class Impl;
 
  private:
+  class LoopScheduler;
   explicit CurlTransport(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+  std::unique_ptr<LoopScheduler> scheduler_;
 };
 
 }  // namespace defender::http

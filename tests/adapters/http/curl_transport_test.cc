@@ -1455,6 +1455,89 @@ TEST(CurlTransportConnectTest, AnswerSaysItsHttpVersion) {
   EXPECT_EQ(response->http_version, "1.1");
 }
 
+TEST(CurlTransportSchedulerTest, TasksRunInTimeOrderOnTheLoopThreadAndMaySend) {
+  KeepAliveTlsServer server(Certs(), [](const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  Scheduler& timers = transport->scheduler();
+
+  // The loop thread, as a transfer's callback sees it.
+  std::thread::id loop_thread;
+  {
+    Outcome warm;
+    HttpRequest get;
+    get.url = server.Url("/warm");
+    absl::Notification seen;
+    transport->Send(std::move(get), [&](absl::StatusOr<HttpResponse>) {
+      loop_thread = std::this_thread::get_id();
+      seen.Notify();
+    });
+    seen.WaitForNotification();
+  }
+
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread::id> threads;
+  absl::Notification sent;
+  const absl::Time start = absl::Now();
+  const absl::Time later = start + absl::Milliseconds(80);
+  bool early = false;
+  timers.RunAt(later, [&] {
+    early = absl::Now() < later;
+    absl::MutexLock lock(&mu);
+    order.push_back(2);
+    threads.push_back(std::this_thread::get_id());
+    // A task may send, and schedule another task.
+    HttpRequest get;
+    get.url = server.Url("/from-a-timer");
+    transport->Send(std::move(get), [&](absl::StatusOr<HttpResponse> r) {
+      EXPECT_TRUE(r.ok()) << r.status();
+      sent.Notify();
+    });
+    timers.RunAt(absl::Now(), [&] {
+      absl::MutexLock lock(&mu);
+      order.push_back(3);
+    });
+  });
+  timers.RunAt(start, [&] {
+    absl::MutexLock lock(&mu);
+    order.push_back(1);
+    threads.push_back(std::this_thread::get_id());
+  });
+  const Scheduler::TaskId cancelled = timers.RunAt(start + absl::Milliseconds(40), [&] {
+    absl::MutexLock lock(&mu);
+    order.push_back(-1);
+  });
+  EXPECT_TRUE(timers.Cancel(cancelled));
+  EXPECT_FALSE(timers.Cancel(cancelled));
+  sent.WaitForNotification();
+  for (int i = 0; i < 500 && transport->PendingTimers() > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3}));
+  EXPECT_FALSE(early) << "a task ran before its time";
+  for (const std::thread::id& id : threads) EXPECT_EQ(id, loop_thread);
+}
+
+TEST(CurlTransportSchedulerTest, DestroyingTheTransportDropsTasksUnrun) {
+  TempFile ca(Certs().ca_pem);
+  auto transport = MakeTransport({.ca_file = ca.path()});
+  ASSERT_NE(transport, nullptr);
+  std::atomic<int> ran{0};
+  auto flag = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = flag;
+  transport->scheduler().RunAt(absl::Now() + absl::Hours(1),
+                               [&ran, flag = std::move(flag)] { ++ran; });
+  EXPECT_EQ(transport->PendingTimers(), 1u);
+  transport.reset();
+  EXPECT_EQ(ran.load(), 0);
+  EXPECT_TRUE(watch.expired()) << "the dropped task's captures were not destroyed";
+}
+
 TEST(CurlTransportConnectTest, RequestHeadIsSentAsGiven) {
   absl::Mutex mu;
   std::string head;
