@@ -5,19 +5,7 @@
 set -euo pipefail
 BIN="$1"
 SRC="$2"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-wait_for_file() {
-  for _ in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done
-  fail "timed out waiting for $1"
-}
+. "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file
 field() {  # field FILE KEY: a top-level field of the JSON object on FILE's last line
   tail -n 1 "$1" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)$2)"
 }

@@ -4,19 +4,7 @@
 # plugin exits 0 on SIGTERM. Usage: cli_test.sh BUILD_DIR
 set -euo pipefail
 BIN="$1"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-wait_for_file() {
-  for _ in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done
-  fail "timed out waiting for $1"
-}
+. "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file
 
 "$BIN/tools/defender-sandbox" --listen 127.0.0.1:0 --port-file "$work/sandbox.port" \
   --ca-out "$work/ca.pem" --action-step-ms 200 >"$work/sandbox.log" 2>&1 &

@@ -1233,6 +1233,29 @@ absl::StatusOr<HttpResponse> WarmUpAndPost(CurlTransport& transport,
   return outcome.Wait();
 }
 
+// OkReply answers every request 200 "ok", keeping the connection.
+KeepAliveTlsServer::Reply OkReply() {
+  return [](const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  };
+}
+
+// SendAndWait sends `method` to `url` and waits for the answer; a POST goes
+// with body "{}" and idempotent = false, as the Defender client sends it.
+absl::StatusOr<HttpResponse> SendAndWait(CurlTransport& transport, const std::string& method,
+                                         const std::string& url) {
+  Outcome outcome;
+  HttpRequest request;
+  request.method = method;
+  request.url = url;
+  if (method == "POST") {
+    request.body = "{}";
+    request.idempotent = false;
+  }
+  transport.Send(std::move(request), outcome.Callback());
+  return outcome.Wait();
+}
+
 TEST(CurlTransportConnectTest, NonIdempotentRequestIsSentAtMostOnce) {
   for (bool reset : {false, true}) {
     SCOPED_TRACE(reset ? "connection reset" : "connection closed");
@@ -1281,21 +1304,12 @@ TEST(CurlTransportConnectTest, IdempotentRequestOnADeadReusedConnectionIsRepeate
 }
 
 TEST(CurlTransportConnectTest, NonIdempotentRequestsReuseOneConnection) {
-  KeepAliveTlsServer server(Certs(), [](const std::string&) {
-    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-  });
+  KeepAliveTlsServer server(Certs(), OkReply());
   TempFile ca(Certs().ca_pem);
   auto transport = MakeTransport({.ca_file = ca.path()});
   ASSERT_NE(transport, nullptr);
   for (int i = 0; i < 3; ++i) {
-    Outcome outcome;
-    HttpRequest post;
-    post.method = "POST";
-    post.url = server.Url("/x");
-    post.body = "{}";
-    post.idempotent = false;
-    transport->Send(std::move(post), outcome.Callback());
-    auto response = outcome.Wait();
+    auto response = SendAndWait(*transport, "POST", server.Url("/x"));
     ASSERT_TRUE(response.ok()) << response.status();
   }
   transport.reset();
@@ -1310,23 +1324,12 @@ TEST(CurlTransportConnectTest, NonIdempotentRequestTakesNoConnectionIdleForASeco
   // A server may have closed an idle connection in a way libcurl cannot see:
   // a POST after a pause opens a new connection (resuming TLS), while a GET
   // still reuses the idle one.
-  KeepAliveTlsServer server(Certs(), [](const std::string&) {
-    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-  });
+  KeepAliveTlsServer server(Certs(), OkReply());
   TempFile ca(Certs().ca_pem);
   auto transport = MakeTransport({.ca_file = ca.path()});
   ASSERT_NE(transport, nullptr);
   auto send = [&](const std::string& method) {
-    Outcome outcome;
-    HttpRequest request;
-    request.method = method;
-    request.url = server.Url("/x");
-    if (method == "POST") {
-      request.body = "{}";
-      request.idempotent = false;
-    }
-    transport->Send(std::move(request), outcome.Callback());
-    auto response = outcome.Wait();
+    auto response = SendAndWait(*transport, method, server.Url("/x"));
     EXPECT_TRUE(response.ok()) << response.status();
   };
   send("GET");
@@ -1440,25 +1443,17 @@ TEST(CurlTransportHttp2Test, ConcurrentRequestsShareOneHttp2ConnectionWhenTheSer
 }
 
 TEST(CurlTransportConnectTest, AnswerSaysItsHttpVersion) {
-  KeepAliveTlsServer server(Certs(), [](const std::string&) {
-    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-  });
+  KeepAliveTlsServer server(Certs(), OkReply());
   TempFile ca(Certs().ca_pem);
   auto transport = MakeTransport({.ca_file = ca.path()});
   ASSERT_NE(transport, nullptr);
-  Outcome outcome;
-  HttpRequest request;
-  request.url = server.Url("/x");
-  transport->Send(std::move(request), outcome.Callback());
-  auto response = outcome.Wait();
+  auto response = SendAndWait(*transport, "GET", server.Url("/x"));
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_EQ(response->http_version, "1.1");
 }
 
 TEST(CurlTransportSchedulerTest, TasksRunInTimeOrderOnTheLoopThreadAndMaySend) {
-  KeepAliveTlsServer server(Certs(), [](const std::string&) {
-    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-  });
+  KeepAliveTlsServer server(Certs(), OkReply());
   TempFile ca(Certs().ca_pem);
   auto transport = MakeTransport({.ca_file = ca.path()});
   ASSERT_NE(transport, nullptr);
@@ -1467,7 +1462,6 @@ TEST(CurlTransportSchedulerTest, TasksRunInTimeOrderOnTheLoopThreadAndMaySend) {
   // The loop thread, as a transfer's callback sees it.
   std::thread::id loop_thread;
   {
-    Outcome warm;
     HttpRequest get;
     get.url = server.Url("/warm");
     absl::Notification seen;
