@@ -1,11 +1,15 @@
 #include "server/config.h"
 
+#include <arpa/inet.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -19,6 +23,8 @@ namespace {
 // Values as given on the command line; "" means "not given".
 struct RawSettings {
   std::string listen = "127.0.0.1:50051";
+  std::string tls_cert, tls_key, client_ca;
+  bool insecure_listen = false;
   std::string port_file;
   std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
@@ -37,6 +43,17 @@ struct RawSettings {
 
 void RegisterFlags(FlagParser& flags, RawSettings& raw) {
   flags.AddString("listen", &raw.listen, "address to serve gRPC on", "HOST:PORT");
+  flags.AddString("tls-cert", &raw.tls_cert,
+                  "serve TLS with this PEM certificate chain (DEFENDER_TLS_CERT; with --tls-key)",
+                  "FILE");
+  flags.AddString("tls-key", &raw.tls_key,
+                  "the PEM private key of --tls-cert (DEFENDER_TLS_KEY)", "FILE");
+  flags.AddString("client-ca", &raw.client_ca,
+                  "mutual TLS: require client certificates issued by these PEM CAs "
+                  "(DEFENDER_CLIENT_CA; needs --tls-cert)",
+                  "FILE");
+  flags.AddBool("insecure-listen", &raw.insecure_listen,
+                "allow plaintext on a non-loopback --listen address (logged as a warning)");
   flags.AddString("port-file", &raw.port_file,
                   "write the bound port to FILE once serving (for --listen HOST:0)", "FILE");
   flags.AddString("config", &raw.config_file,
@@ -167,6 +184,74 @@ std::string ConfigUsage() {
   return flags.Usage();
 }
 
+namespace {
+
+// IsLoopbackListen says whether `listen` (HOST:PORT, [V6]:PORT or unix:PATH)
+// can only be reached from this machine.
+bool IsLoopbackListen(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return true;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]")) {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (absl::EqualsIgnoreCase(host, "localhost") || host == "::1") return true;
+  in_addr v4{};
+  return inet_pton(AF_INET, host.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+// ReadPem reads a PEM file named by `flag`; errors name the flag, never the
+// content.
+absl::StatusOr<std::string> ReadPem(const std::string& path, const std::string& flag,
+                                    const std::string& marker) {
+  std::ifstream in(path, std::ios::binary);
+  std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) pem.clear();
+  if (pem.empty()) {
+    return ConfigError(absl::StrCat(flag, ": cannot read ", path));
+  }
+  if (pem.find(marker) == std::string::npos) {
+    return ConfigError(absl::StrCat(flag, ": ", path, " holds no PEM ", marker));
+  }
+  return pem;
+}
+
+// LoadListenerTls reads --tls-cert, --tls-key and --client-ca into `config`
+// and refuses plaintext on a non-loopback address without --insecure-listen.
+absl::Status LoadListenerTls(const RawSettings& raw, const EnvLookup& env, PluginConfig& config) {
+  const std::string cert = Pick(raw.tls_cert, env, "DEFENDER_TLS_CERT");
+  const std::string key = Pick(raw.tls_key, env, "DEFENDER_TLS_KEY");
+  const std::string client_ca = Pick(raw.client_ca, env, "DEFENDER_CLIENT_CA");
+  if (cert.empty() != key.empty()) {
+    return ConfigError("--tls-cert and --tls-key (DEFENDER_TLS_CERT, DEFENDER_TLS_KEY) go together");
+  }
+  if (!client_ca.empty() && cert.empty()) {
+    return ConfigError("--client-ca (DEFENDER_CLIENT_CA) needs --tls-cert and --tls-key");
+  }
+  if (!cert.empty()) {
+    absl::StatusOr<std::string> cert_pem = ReadPem(cert, "--tls-cert", "CERTIFICATE");
+    if (!cert_pem.ok()) return cert_pem.status();
+    absl::StatusOr<std::string> key_pem = ReadPem(key, "--tls-key", "PRIVATE KEY");
+    if (!key_pem.ok()) return key_pem.status();
+    config.tls_cert_pem = *std::move(cert_pem);
+    config.tls_key_pem = *std::move(key_pem);
+  }
+  if (!client_ca.empty()) {
+    absl::StatusOr<std::string> ca_pem = ReadPem(client_ca, "--client-ca", "CERTIFICATE");
+    if (!ca_pem.ok()) return ca_pem.status();
+    config.client_ca_pem = *std::move(ca_pem);
+  }
+  config.insecure_listen = raw.insecure_listen;
+  if (cert.empty() && !IsLoopbackListen(config.listen) && !raw.insecure_listen) {
+    return ConfigError(absl::StrCat(
+        "--listen ", config.listen,
+        " is reachable from other machines: serve TLS (--tls-cert, --tls-key, and --client-ca "
+        "for mutual TLS), or pass --insecure-listen to serve plaintext anyway"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const EnvLookup& env) {
   RawSettings raw;
   FlagParser flags("defender-plugin");
@@ -188,6 +273,7 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
   if (config.listen.empty() || config.listen.find(':') == std::string::npos) {
     return ConfigError("--listen must be HOST:PORT");
   }
+  if (absl::Status tls = LoadListenerTls(raw, env, config); !tls.ok()) return tls;
   if (raw.shutdown_grace_seconds < 0) return ConfigError("--shutdown-grace-seconds must be >= 0");
   config.shutdown_grace = absl::Seconds(raw.shutdown_grace_seconds);
 

@@ -22,7 +22,12 @@
 //   DEFENDER_RATE_PER_HOUR   --rate-per-hour     the same per hour (default 1500)
 //   DEFENDER_CONFIG_FILE   --config FILE         tenants from a file (config_file.h);
 //                                                then the AZURE_* tenant settings are unused
-//   (flag only)            --listen HOST:PORT    default 127.0.0.1:50051
+//   (flag only)            --listen HOST:PORT    default 127.0.0.1:50051; a non-loopback
+//                                                address needs TLS or --insecure-listen
+//   DEFENDER_TLS_CERT      --tls-cert FILE       the listener's certificate chain (PEM)
+//   DEFENDER_TLS_KEY       --tls-key FILE        its private key (PEM)
+//   DEFENDER_CLIENT_CA     --client-ca FILE      mutual TLS: CAs of the client certificates
+//   (flag only)            --insecure-listen     plaintext on a non-loopback address
 //   (flag only)            --shutdown-grace-seconds  in-flight calls' time at SIGTERM
 //   (flag only)            --port-file FILE      write the bound port there once serving
 // A missing or invalid setting is INVALID_ARGUMENT naming the setting (never
@@ -76,6 +81,12 @@ struct TenantConfig {
 struct PluginConfig {
   bool help_requested = false;  // --help: print Usage() and exit 0
   std::string listen = "127.0.0.1:50051";
+  // The listener's TLS (PEM texts; all "" = plaintext): certificate chain and
+  // key (--tls-cert, --tls-key), and the CAs whose client certificates are
+  // required (--client-ca; "" = no client certificate asked).
+  std::string tls_cert_pem, tls_key_pem, client_ca_pem;
+  // Plaintext on a non-loopback address was asked for (--insecure-listen).
+  bool insecure_listen = false;
   std::string port_file;  // "" = none
   std::string ca_file;  // "" = the system's CA bundle
   absl::Duration default_timeout = absl::Seconds(30);

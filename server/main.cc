@@ -46,9 +46,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::string host = config->listen.substr(0, config->listen.rfind(':'));
+  const char* transport = config->tls_cert_pem.empty()     ? "plaintext"
+                          : config->client_ca_pem.empty() ? "TLS"
+                                                          : "mutual TLS";
   defender::Log("INFO", absl::StrCat("defender-plugin serving defender.v1.ResponseService on ",
-                                     host, ":", (*server)->port(), " (region endpoints: ",
+                                     host, ":", (*server)->port(), " over ", transport,
+                                     " (region endpoints: ",
                                      config->tenants[0].endpoints.api_base_url, ")"));
+  if (config->insecure_listen && config->tls_cert_pem.empty()) {
+    defender::Log("WARN", absl::StrCat("--insecure-listen: serving plaintext on ", config->listen,
+                                       "; anyone who can reach it can quarantine files on your "
+                                       "devices. Serve TLS with --tls-cert/--tls-key/--client-ca"));
+  }
 
   if (!config->port_file.empty()) {
     std::ofstream(config->port_file) << (*server)->port() << "\n";

@@ -13,6 +13,21 @@
 
 namespace defender {
 
+namespace {
+
+// ListenerCredentials: TLS (and mutual TLS) when configured, else plaintext.
+std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const PluginConfig& config) {
+  if (config.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      config.client_ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                   : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = config.client_ca_pem;
+  options.pem_key_cert_pairs.push_back({config.tls_key_pem, config.tls_cert_pem});
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginConfig& config) {
   std::unique_ptr<PluginServer> server(new PluginServer());
   // The adapters: timers, one transport and the budgets; a credential and a
@@ -54,7 +69,7 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(config.listen, ListenerCredentials(config), &server->port_);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

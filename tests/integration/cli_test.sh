@@ -132,6 +132,48 @@ quarantine_on second 4444444444444444444444444444444444444444 || fail "bad reloa
 kill -TERM "$plugin2"
 wait "$plugin2" || fail "plugin 2 did not exit 0"
 
+# Mutual TLS: a plugin on a TLS listener that wants client certificates;
+# defenderctl with the CA and a client certificate gets through, without the
+# certificate it does not, and the refused plaintext listen explains itself.
+if "$BIN/server/defender-plugin" --listen 0.0.0.0:0 --state-dir "$work/state3" \
+    2>"$work/insecure-err.txt"; then
+  fail "plaintext on 0.0.0.0 was accepted"
+fi
+grep -q -- "--insecure-listen" "$work/insecure-err.txt" || fail "refusal does not name --insecure-listen"
+tls_pair() {  # tls_pair NAME SAN EKU: a self-signed EC certificate and key in $work
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj "/CN=$1" -addext "subjectAltName=$2" -addext "extendedKeyUsage=$3" \
+    -keyout "$work/$1.key" -out "$work/$1.crt" 2>/dev/null || fail "openssl req $1"
+}
+tls_pair listener IP:127.0.0.1 serverAuth
+tls_pair runner DNS:runner.contoso.com clientAuth
+AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
+AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \
+AZURE_CLIENT_SECRET=sandbox-secret \
+AZURE_AUTHORITY_HOST="$sandbox" DEFENDER_API_URL="$sandbox" DEFENDER_CA_FILE="$work/ca.pem" \
+  "$BIN/server/defender-plugin" --listen 127.0.0.1:0 --port-file "$work/plugin3.port" \
+  --state-dir "$work/state3" --tls-cert "$work/listener.crt" --tls-key "$work/listener.key" \
+  --client-ca "$work/runner.crt" >"$work/plugin3.log" 2>&1 &
+plugin3=$!
+pids+=($plugin3)
+wait_for_file "$work/plugin3.port"
+grep -q "over mutual TLS" "$work/plugin3.log" || fail "the plugin does not say it serves mutual TLS"
+target3="127.0.0.1:$(cat "$work/plugin3.port")"
+"$ctl" quarantine --target "$target3" --tls-ca "$work/listener.crt" \
+  --tls-cert "$work/runner.crt" --tls-key "$work/runner.key" \
+  --machine 1e5bc9d7e413ddd7902c2932e418702b84d0cc07 \
+  --sha1 5555555555555555555555555555555555555555 --comment "mtls" >/dev/null \
+  || fail "mutual TLS call failed"
+if "$ctl" quarantine --target "$target3" --tls-ca "$work/listener.crt" --timeout-seconds 5 \
+    --machine 1e5bc9d7e413ddd7902c2932e418702b84d0cc07 \
+    --sha1 6666666666666666666666666666666666666666 --comment "no cert" 2>/dev/null; then
+  fail "a call without a client certificate got through"
+fi
+"$ctl" audit --state-dir "$work/state3" | grep -q '"caller":"runner.contoso.com"' \
+  || fail "the audit does not name the certificate's caller: $("$ctl" audit --state-dir "$work/state3")"
+kill -TERM "$plugin3"
+wait "$plugin3" || fail "plugin 3 did not exit 0"
+
 # SIGTERM: the plugin drains and exits 0.
 kill -TERM "$plugin"
 set +e

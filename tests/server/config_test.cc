@@ -1,5 +1,7 @@
 #include "server/config.h"
 
+#include <cstdio>
+#include <fstream>
 #include <map>
 
 #include "adapters/common/error.h"
@@ -57,7 +59,8 @@ TEST_F(ConfigTest, RegionAndOverridesComeFromTheEnvironment) {
 
 TEST_F(ConfigTest, FlagsWinOverTheEnvironment) {
   env_["DEFENDER_REGION"] = "eu";
-  auto config = Load({"--region", "uk", "--listen=0.0.0.0:7000", "--client-id", "other"});
+  auto config = Load({"--region", "uk", "--listen=0.0.0.0:7000", "--insecure-listen", "--client-id",
+                      "other"});
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->tenants[0].endpoints.api_base_url, "https://uk.api.security.microsoft.com");
   EXPECT_EQ(config->tenants[0].credentials[0].client_id, "other");
@@ -352,8 +355,98 @@ TEST_F(ConfigTest, NewSettingsComeFromTheEnvironmentAndFlagsWin) {
 
 TEST_F(ConfigTest, UsageListsTheNewFlags) {
   for (const char* flag : {"--state-dir", "--request-id-window-hours", "--journal-retention-days",
-                           "--watch-poll-seconds", "--watch-max-poll-seconds"}) {
+                           "--watch-poll-seconds", "--watch-max-poll-seconds", "--journal-sync",
+                           "--tls-cert", "--tls-key", "--client-ca", "--insecure-listen"}) {
     EXPECT_THAT(ConfigUsage(), HasSubstr(flag));
+  }
+}
+
+}  // namespace
+}  // namespace defender
+
+namespace defender {
+namespace {
+
+// PemFile writes `content` to a fresh file, removed when destroyed.
+class PemFile {
+ public:
+  explicit PemFile(const std::string& content) {
+    static int counter = 0;
+    path_ = ::testing::TempDir() + "config_test_pem_" + std::to_string(getpid()) + "_" +
+            std::to_string(++counter);
+    std::ofstream(path_) << content;
+  }
+  ~PemFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+constexpr char kCert[] = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+constexpr char kKey[] = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+TEST_F(ConfigTest, ListenerTlsFilesAreReadAndChecked) {
+  PemFile cert(kCert), key(kKey), ca(kCert), junk("not pem");
+  auto config = Load({"--tls-cert", cert.path(), "--tls-key", key.path()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->tls_cert_pem, kCert);
+  EXPECT_EQ(config->tls_key_pem, kKey);
+  EXPECT_EQ(config->client_ca_pem, "");
+
+  config = Load({"--tls-cert", cert.path(), "--tls-key", key.path(), "--client-ca", ca.path()});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->client_ca_pem, kCert);
+
+  // The same from the environment.
+  env_["DEFENDER_TLS_CERT"] = cert.path();
+  env_["DEFENDER_TLS_KEY"] = key.path();
+  env_["DEFENDER_CLIENT_CA"] = ca.path();
+  config = Load({});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->client_ca_pem, kCert);
+  env_.erase("DEFENDER_TLS_CERT");
+  env_.erase("DEFENDER_TLS_KEY");
+  env_.erase("DEFENDER_CLIENT_CA");
+
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> refused = {
+      {{"--tls-cert", cert.path()}, "go together"},
+      {{"--tls-key", key.path()}, "go together"},
+      {{"--client-ca", ca.path()}, "needs --tls-cert"},
+      {{"--tls-cert", "/nonexistent/cert.pem", "--tls-key", key.path()}, "--tls-cert: cannot read"},
+      {{"--tls-cert", junk.path(), "--tls-key", key.path()}, "holds no PEM CERTIFICATE"},
+      {{"--tls-cert", cert.path(), "--tls-key", cert.path()}, "holds no PEM PRIVATE KEY"},
+      {{"--tls-cert", cert.path(), "--tls-key", key.path(), "--client-ca", junk.path()},
+       "--client-ca"},
+  };
+  for (const Case& c : refused) {
+    auto result = Load(c.args);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_THAT(result.status().message(), ::testing::HasSubstr(c.message));
+    EXPECT_THAT(result.status().message(), ::testing::Not(::testing::HasSubstr("MIIE")));
+  }
+}
+
+TEST_F(ConfigTest, PlaintextOnAnAddressOthersCanReachNeedsInsecureListen) {
+  for (const std::string listen :
+       {"127.0.0.1:50051", "127.1.2.3:0", "localhost:50051", "[::1]:50051", "unix:/run/p.sock"}) {
+    auto config = Load({"--listen", listen});
+    EXPECT_TRUE(config.ok()) << listen << ": " << config.status();
+  }
+  PemFile cert(kCert), key(kKey);
+  for (const std::string listen : {"0.0.0.0:50051", "[::]:50051", "10.1.2.3:443", "plugin:50051"}) {
+    auto refused = Load({"--listen", listen});
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << listen;
+    EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("--insecure-listen")) << listen;
+    auto allowed = Load({"--listen", listen, "--insecure-listen"});
+    ASSERT_TRUE(allowed.ok()) << listen << ": " << allowed.status();
+    EXPECT_TRUE(allowed->insecure_listen);
+    auto tls = Load({"--listen", listen, "--tls-cert", cert.path(), "--tls-key", key.path()});
+    EXPECT_TRUE(tls.ok()) << listen << ": " << tls.status();
   }
 }
 

@@ -13,7 +13,9 @@
 // directly, read-only). On error: exit 1, and the status code, message and
 // error details on stderr (batch: exit 1 also when any device failed). Usage
 // errors: exit 2.
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,7 +47,11 @@ constexpr char kUsage[] =
     "  defenderctl audit --state-dir DIR [--hours N] [--tenant NAME] [--request-id ID]\n"
     "                    [--machine ID] [--limit N]\n"
     "Calls take [--target HOST:PORT] [--timeout-seconds N] (watch: no deadline unless\n"
-    "given). The target defaults to $DEFENDER_PLUGIN_TARGET, else 127.0.0.1:50051.\n";
+    "given). The target defaults to $DEFENDER_PLUGIN_TARGET, else 127.0.0.1:50051.\n"
+    "TLS: --tls-ca FILE trusts the plugin's CA (default $DEFENDER_PLUGIN_CA; without\n"
+    "it the call is plaintext); --tls-cert FILE --tls-key FILE present a client\n"
+    "certificate (mutual TLS); --tls-server-name NAME checks the plugin's certificate\n"
+    "for NAME instead of the target's host.\n";
 
 const char* CodeName(grpc::StatusCode code) {
   static const char* const kNames[] = {
@@ -167,11 +173,18 @@ int main(int argc, char** argv) {
   std::string target = env_target != nullptr ? env_target : "127.0.0.1:50051";
   std::string machine, host, sha1, sha256, comment, tenant, request_id, machines, hosts;
   std::string state_dir;
+  const char* env_ca = std::getenv("DEFENDER_PLUGIN_CA");
+  std::string tls_ca = env_ca != nullptr ? env_ca : "", tls_cert, tls_key, tls_server_name;
   int timeout_seconds = 60, hours = 0, limit = 0;
   defender::FlagParser flags("defenderctl " + command);
   flags.AddString("target", &target, "the plugin's address", "HOST:PORT");
   flags.AddString("tenant", &tenant, "configured tenant name (empty: the default)", "NAME");
   flags.AddInt("timeout-seconds", &timeout_seconds, "deadline of the call");
+  flags.AddString("tls-ca", &tls_ca, "call over TLS, trusting these PEM CAs", "FILE");
+  flags.AddString("tls-cert", &tls_cert, "client certificate for mutual TLS (PEM)", "FILE");
+  flags.AddString("tls-key", &tls_key, "its private key (PEM)", "FILE");
+  flags.AddString("tls-server-name", &tls_server_name, "name to check the certificate for",
+                  "NAME");
   if (command == "quarantine" || command == "batch") {
     if (command == "quarantine") {
       flags.AddString("machine", &machine, "Defender device id (40 hex)", "ID");
@@ -216,7 +229,30 @@ int main(int argc, char** argv) {
   }
   if (command == "audit") return Audit(state_dir, hours, tenant, request_id, machine, limit);
 
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments channel_args;
+  if (!tls_ca.empty()) {
+    grpc::SslCredentialsOptions tls;
+    auto read = [](const std::string& path, std::string* out) {
+      std::ifstream in(path, std::ios::binary);
+      out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      return !out->empty();
+    };
+    if (!read(tls_ca, &tls.pem_root_certs) ||
+        (!tls_cert.empty() && !read(tls_cert, &tls.pem_cert_chain)) ||
+        (!tls_key.empty() && !read(tls_key, &tls.pem_private_key))) {
+      std::cerr << "defenderctl: cannot read --tls-ca, --tls-cert or --tls-key\n";
+      return 2;
+    }
+    credentials = grpc::SslCredentials(tls);
+    if (!tls_server_name.empty()) {
+      channel_args.SetSslTargetNameOverride(tls_server_name);
+    }
+  } else if (!tls_cert.empty() || !tls_key.empty() || !tls_server_name.empty()) {
+    std::cerr << "defenderctl: --tls-cert, --tls-key and --tls-server-name need --tls-ca\n";
+    return 2;
+  }
+  auto channel = grpc::CreateCustomChannel(target, credentials, channel_args);
   auto stub = defender::v1::ResponseService::NewStub(channel);
   grpc::ClientContext context;
   if (command != "watch" || flags.WasSet("timeout-seconds")) {

@@ -145,7 +145,8 @@ absl::StatusOr<std::string> KeyToPem(EVP_PKEY* key) {
 
 }  // namespace
 
-absl::StatusOr<CertBundle> GenerateCertificates(const std::vector<std::string>& names) {
+absl::StatusOr<CertBundle> GenerateCertificates(const std::vector<std::string>& names,
+                                                const std::string& extended_key_usage) {
   if (names.empty()) {
     return absl::InvalidArgumentError("GenerateCertificates: no subject names given");
   }
@@ -186,7 +187,7 @@ absl::StatusOr<CertBundle> GenerateCertificates(const std::vector<std::string>& 
            AddExtension(leaf_cert, ca_cert, NID_basic_constraints, "critical,CA:FALSE"),
            AddExtension(leaf_cert, ca_cert, NID_key_usage,
                         "critical,digitalSignature,keyAgreement"),
-           AddExtension(leaf_cert, ca_cert, NID_ext_key_usage, "serverAuth"),
+           AddExtension(leaf_cert, ca_cert, NID_ext_key_usage, extended_key_usage.c_str()),
            AddExtension(leaf_cert, ca_cert, NID_subject_key_identifier, "hash"),
            AddExtension(leaf_cert, ca_cert, NID_authority_key_identifier, "keyid:always"),
            AddSubjectAltNames(leaf_cert, names),

@@ -38,9 +38,12 @@ struct CertBundle {
 // carries one SubjectAltName per entry of `names`: entries that parse as IPv4 or
 // IPv6 addresses become IP SANs, all others DNS SANs; its CN is names[0].
 // Returns INVALID_ARGUMENT when `names` is empty or holds an empty string, and
-// INTERNAL when OpenSSL fails.
-absl::StatusOr<CertBundle> GenerateCertificates(const std::vector<std::string>& names = {
-                                                    "127.0.0.1", "localhost"});
+// INTERNAL when OpenSSL fails. `extended_key_usage` is the leaf's
+// extendedKeyUsage ("clientAuth" for a client certificate, or both
+// "serverAuth,clientAuth").
+absl::StatusOr<CertBundle> GenerateCertificates(
+    const std::vector<std::string>& names = {"127.0.0.1", "localhost"},
+    const std::string& extended_key_usage = "serverAuth");
 
 }  // namespace defender::sandbox
 

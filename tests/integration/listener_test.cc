@@ -1,0 +1,167 @@
+// The plugin's own door: its listener over TLS and mutual TLS, end to end
+// with real gRPC clients, against the sandbox.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "adapters/journal/sqlite_journal.h"
+#include "defender/v1/response_service.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/config.h"
+#include "server/plugin_server.h"
+#include "tests/integration/plugin_harness.h"
+#include "tools/sandbox/certs.h"
+#include "tools/sandbox/sandbox.h"
+
+namespace defender {
+namespace {
+
+constexpr char kMachine[] = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+constexpr char kPost[] = "StopAndQuarantineFile$";
+
+// File writes `content` to a fresh file, removed when destroyed.
+class File {
+ public:
+  explicit File(const std::string& content) {
+    static int counter = 0;
+    path_ = absl::StrCat(::testing::TempDir(), "listener_test_", getpid(), "_", ++counter);
+    std::ofstream(path_) << content;
+  }
+  ~File() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+sandbox::CertBundle MustGenerate(const std::vector<std::string>& names, const std::string& eku) {
+  auto generated = sandbox::GenerateCertificates(names, eku);
+  if (!generated.ok()) {
+    ADD_FAILURE() << generated.status();
+    return {};
+  }
+  return *std::move(generated);
+}
+
+class ListenerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    sandbox::SandboxOptions options;
+    options.rate_per_minute = 0;
+    options.rate_per_hour = 0;
+    auto started = sandbox::Sandbox::Start(options);
+    ASSERT_TRUE(started.ok()) << started.status();
+    sandbox_ = *std::move(started);
+    sandbox_ca_ = std::make_unique<File>("");
+    ASSERT_TRUE(sandbox_->WriteCaFile(sandbox_ca_->path()).ok());
+    env_ = {{"AZURE_TENANT_ID", options.tenant_id},
+            {"AZURE_CLIENT_ID", options.client_id},
+            {"AZURE_CLIENT_SECRET", options.client_secret},
+            {"AZURE_AUTHORITY_HOST", sandbox_->base_url()},
+            {"DEFENDER_API_URL", sandbox_->base_url()},
+            {"DEFENDER_CA_FILE", sandbox_ca_->path()}};
+  }
+
+  void StartPlugin(bool mutual) {
+    std::vector<std::string> flags = {"--listen", "127.0.0.1:0", "--tls-cert", server_cert_.path(),
+                                      "--tls-key", server_key_.path()};
+    if (mutual) {
+      flags.push_back("--client-ca");
+      flags.push_back(client_ca_.path());
+    }
+    auto config = testing::LoadTestConfig(flags, env_);
+    ASSERT_TRUE(config.ok()) << config.status();
+    state_dir_ = config->state_dir;
+    auto server = PluginServer::Start(*config);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  // Quarantine calls the plugin over `credentials`, checking the server's
+  // certificate for 127.0.0.1.
+  grpc::Status Quarantine(std::shared_ptr<grpc::ChannelCredentials> credentials, int file) {
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()), credentials);
+    auto stub = v1::ResponseService::NewStub(channel);
+    v1::QuarantineFileRequest request;
+    request.set_machine_id(kMachine);
+    request.set_sha1(absl::StrCat(std::string(32, 'c'), absl::Hex(file, absl::kZeroPad8)));
+    request.set_comment("listener test");
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::QuarantineFileResponse response;
+    return stub->QuarantineFile(&context, request, &response);
+  }
+
+  std::shared_ptr<grpc::ChannelCredentials> Tls(const std::string& ca,
+                                                const sandbox::CertBundle* client = nullptr) {
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = ca;
+    if (client != nullptr) {
+      options.pem_cert_chain = client->cert_pem;
+      options.pem_private_key = client->key_pem;
+    }
+    return grpc::SslCredentials(options);
+  }
+
+  int Posts() const { return sandbox_->CountRequests("POST", kPost); }
+
+  const sandbox::CertBundle server_certs_ = MustGenerate({"127.0.0.1"}, "serverAuth");
+  const sandbox::CertBundle client_certs_ =
+      MustGenerate({"playbook-runner.contoso.com"}, "clientAuth");
+  const sandbox::CertBundle stranger_certs_ =
+      MustGenerate({"stranger.example.com"}, "clientAuth");
+  File server_cert_{server_certs_.cert_pem}, server_key_{server_certs_.key_pem},
+      client_ca_{client_certs_.ca_pem};
+  std::unique_ptr<sandbox::Sandbox> sandbox_;
+  std::unique_ptr<File> sandbox_ca_;
+  std::map<std::string, std::string> env_;
+  std::string state_dir_;
+  std::unique_ptr<PluginServer> server_;
+};
+
+TEST_F(ListenerTest, TlsListenerServesTlsClientsOnly) {
+  StartPlugin(/*mutual=*/false);
+  grpc::Status status = Quarantine(Tls(server_certs_.ca_pem), 1);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Posts(), 1);
+
+  // Plaintext, or a client that does not trust the plugin's CA: no call.
+  status = Quarantine(grpc::InsecureChannelCredentials(), 2);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  status = Quarantine(Tls(client_certs_.ca_pem), 3);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(Posts(), 1);
+}
+
+TEST_F(ListenerTest, MutualTlsAdmitsOnlyClientsWithACertificateOfTheClientCa) {
+  StartPlugin(/*mutual=*/true);
+  grpc::Status status = Quarantine(Tls(server_certs_.ca_pem, &client_certs_), 1);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Posts(), 1);
+
+  // No client certificate, or one from another CA: the handshake fails.
+  status = Quarantine(Tls(server_certs_.ca_pem), 2);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  status = Quarantine(Tls(server_certs_.ca_pem, &stranger_certs_), 3);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(Posts(), 1);
+
+  // The audit trail names the caller by its certificate.
+  auto journal = journal::SqliteJournal::OpenReadOnly(state_dir_);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  auto entries = (*journal)->List(journal::ListOptions());
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  ASSERT_EQ(entries->size(), 1u);
+  EXPECT_EQ(entries->front().caller, "playbook-runner.contoso.com");
+}
+
+}  // namespace
+}  // namespace defender
