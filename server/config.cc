@@ -25,6 +25,7 @@ struct RawSettings {
   std::string listen = "127.0.0.1:50051";
   std::string tls_cert, tls_key, client_ca;
   bool insecure_listen = false;
+  std::string authz_file;
   std::string port_file;
   std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
@@ -51,6 +52,10 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
   flags.AddString("client-ca", &raw.client_ca,
                   "mutual TLS: require client certificates issued by these PEM CAs "
                   "(DEFENDER_CLIENT_CA; needs --tls-cert)",
+                  "FILE");
+  flags.AddString("authz", &raw.authz_file,
+                  "who may act on which tenant: a JSON file of callers (DEFENDER_AUTHZ_FILE; "
+                  "default: every caller that reaches the listener)",
                   "FILE");
   flags.AddBool("insecure-listen", &raw.insecure_listen,
                 "allow plaintext on a non-loopback --listen address (logged as a warning)");
@@ -274,6 +279,7 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError("--listen must be HOST:PORT");
   }
   if (absl::Status tls = LoadListenerTls(raw, env, config); !tls.ok()) return tls;
+  config.authz_file = Pick(raw.authz_file, env, "DEFENDER_AUTHZ_FILE");
   if (raw.shutdown_grace_seconds < 0) return ConfigError("--shutdown-grace-seconds must be >= 0");
   config.shutdown_grace = absl::Seconds(raw.shutdown_grace_seconds);
 

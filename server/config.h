@@ -87,6 +87,9 @@ struct PluginConfig {
   std::string tls_cert_pem, tls_key_pem, client_ca_pem;
   // Plaintext on a non-loopback address was asked for (--insecure-listen).
   bool insecure_listen = false;
+  // The caller authorization file (--authz, DEFENDER_AUTHZ_FILE; server/
+  // authorization.h); "" = every caller that reaches the listener.
+  std::string authz_file;
   std::string port_file;  // "" = none
   std::string ca_file;  // "" = the system's CA bundle
   absl::Duration default_timeout = absl::Seconds(30);

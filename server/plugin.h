@@ -39,6 +39,8 @@ class TenantDirectory {
   // when no tenant has that name. The pointer keeps what the client needs
   // alive for as long as it is held.
   virtual std::shared_ptr<api::DefenderClient> Find(absl::string_view name) const = 0;
+  // DefaultName is the name of the default tenant.
+  virtual std::string DefaultName() const = 0;
 };
 
 // PluginRuntime is what outlives configuration reloads. Thread-safe.
@@ -79,6 +81,7 @@ class Plugin final : public TenantDirectory,
   ~Plugin() override;
 
   std::shared_ptr<api::DefenderClient> Find(absl::string_view name) const override;
+  std::string DefaultName() const override { return default_tenant_; }
 
   // Names lists the tenants, the default first.
   std::vector<std::string> Names() const;

@@ -61,6 +61,12 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   parts.ledger = server->ledger_.get();
   parts.watches = server->watches_.get();
   parts.resolver = server->resolver_.get();
+  if (!config.authz_file.empty()) {
+    absl::StatusOr<std::unique_ptr<Authorizer>> authorizer = Authorizer::Load(config.authz_file);
+    if (!authorizer.ok()) return authorizer.status();
+    server->authorizer_ = *std::move(authorizer);
+    parts.authorizer = server->authorizer_.get();
+  }
   server->service_ =
       std::make_unique<ResponseServiceImpl>(*server, parts, config.default_timeout);
 
@@ -84,6 +90,11 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
 }
 
 PluginServer::~PluginServer() { Shutdown(absl::ZeroDuration()); }
+
+std::string PluginServer::DefaultName() const {
+  absl::MutexLock lock(&mu_);
+  return plugin_ == nullptr ? "" : plugin_->DefaultName();
+}
 
 std::shared_ptr<api::DefenderClient> PluginServer::Find(absl::string_view name) const {
   std::shared_ptr<Plugin> plugin;

@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "adapters/journal/journal.h"
+#include "server/authorization.h"
 #include "server/config.h"
 #include "server/plugin.h"
 #include "server/request_ledger.h"
@@ -54,6 +55,7 @@ class PluginServer final : public TenantDirectory {
 
   // TenantDirectory: the current configuration's tenants.
   std::shared_ptr<api::DefenderClient> Find(absl::string_view name) const override;
+  std::string DefaultName() const override;
 
  private:
   PluginServer() = default;
@@ -63,6 +65,7 @@ class PluginServer final : public TenantDirectory {
   std::unique_ptr<RequestLedger> ledger_;
   std::unique_ptr<WatchHub> watches_;
   std::unique_ptr<TargetResolver> resolver_;
+  std::unique_ptr<Authorizer> authorizer_;  // null: no --authz
   mutable absl::Mutex mu_;
   std::shared_ptr<Plugin> plugin_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ResponseServiceImpl> service_;

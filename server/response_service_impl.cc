@@ -165,8 +165,17 @@ ResponseServiceImpl::ResponseServiceImpl(const TenantDirectory& tenants, Service
     : tenants_(tenants), parts_(parts), default_timeout_(default_timeout), clock_(clock) {}
 
 absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Admit(
-    const absl::Status& valid, const std::string& tenant) const {
+    const grpc::CallbackServerContext& context, const absl::Status& valid,
+    const std::string& tenant) const {
   if (!valid.ok()) return valid;
+  if (parts_.authorizer != nullptr) {
+    const std::string name = tenant.empty() ? tenants_.DefaultName() : tenant;
+    absl::StatusOr<std::string> caller = parts_.authorizer->Check(IdentityOf(context), name);
+    if (!caller.ok()) {
+      Log("WARN", absl::StrCat("refused: ", caller.status().message()));
+      return caller.status();
+    }
+  }
   std::shared_ptr<api::DefenderClient> client = tenants_.Find(tenant);
   if (client == nullptr) {
     return MakeError(absl::StatusCode::kInvalidArgument,
@@ -192,7 +201,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(ValidateQuarantineFileRequest(*request), request->tenant());
+      Admit(*context, ValidateQuarantineFileRequest(*request), request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "QuarantineFile", details, started, client.status());
     return reactor;
@@ -239,7 +248,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(ValidateGetMachineActionRequest(*request), request->tenant());
+      Admit(*context, ValidateGetMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "GetMachineAction", details, started, client.status());
     return reactor;
@@ -285,7 +294,7 @@ grpc::ServerWriteReactor<v1::MachineAction>* ResponseServiceImpl::WatchMachineAc
     sink->Close(ToGrpcStatus(status));
   };
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(ValidateWatchMachineActionRequest(*request), request->tenant());
+      Admit(*context, ValidateWatchMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     close(client.status());
     return sink->reactor();
@@ -324,7 +333,7 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::CancelMachineAction(
   const absl::Time started = absl::Now();
   std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(ValidateCancelMachineActionRequest(*request), request->tenant());
+      Admit(*context, ValidateCancelMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     FinishCall(reactor, "CancelMachineAction", details, started, client.status());
     return reactor;
@@ -617,7 +626,7 @@ ResponseServiceImpl::BatchQuarantineFile(grpc::CallbackServerContext* context,
     deadline = absl::FromChrono(context->deadline());
   }
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(ValidateBatchQuarantineFileRequest(*request), request->tenant());
+      Admit(*context, ValidateBatchQuarantineFileRequest(*request), request->tenant());
   if (!client.ok()) {
     auto sink = StreamSink<v1::BatchQuarantineFileResponse>::Create();
     LogCall("BatchQuarantineFile", absl::StrCat("tenant=", TenantForLog(request->tenant())),

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "adapters/common/clock.h"
 #include "defender/v1/response_service.grpc.pb.h"
+#include "server/authorization.h"
 #include "server/plugin.h"
 #include "server/request_ledger.h"
 #include "server/target_resolver.h"
@@ -38,6 +39,7 @@ struct ServiceParts {
   RequestLedger* ledger = nullptr;
   WatchHub* watches = nullptr;
   TargetResolver* resolver = nullptr;
+  const Authorizer* authorizer = nullptr;  // null: every caller may act on every tenant
 };
 
 // ResponseServiceImpl serves the API. Thread-safe; `tenants` must outlive it.
@@ -69,9 +71,11 @@ class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
   class BatchRun;
 
   // Admit returns `valid` (the request's validation) when it is an error,
-  // else the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
-  absl::StatusOr<std::shared_ptr<api::DefenderClient>> Admit(const absl::Status& valid,
-                                                             const std::string& tenant) const;
+  // else PERMISSION_DENIED when the caller may not act on the tenant, else
+  // the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
+  absl::StatusOr<std::shared_ptr<api::DefenderClient>> Admit(
+      const grpc::CallbackServerContext& context, const absl::Status& valid,
+      const std::string& tenant) const;
   // Deadline is when a unary call must be answered.
   absl::Time Deadline(const grpc::CallbackServerContext& context) const;
 

@@ -70,12 +70,16 @@ class ListenerTest : public ::testing::Test {
             {"DEFENDER_CA_FILE", sandbox_ca_->path()}};
   }
 
-  void StartPlugin(bool mutual) {
+  void StartPlugin(bool mutual, const std::string& authz_file = "") {
     std::vector<std::string> flags = {"--listen", "127.0.0.1:0", "--tls-cert", server_cert_.path(),
                                       "--tls-key", server_key_.path()};
     if (mutual) {
       flags.push_back("--client-ca");
       flags.push_back(client_ca_.path());
+    }
+    if (!authz_file.empty()) {
+      flags.push_back("--authz");
+      flags.push_back(authz_file);
     }
     auto config = testing::LoadTestConfig(flags, env_);
     ASSERT_TRUE(config.ok()) << config.status();
@@ -87,7 +91,8 @@ class ListenerTest : public ::testing::Test {
 
   // Quarantine calls the plugin over `credentials`, checking the server's
   // certificate for 127.0.0.1.
-  grpc::Status Quarantine(std::shared_ptr<grpc::ChannelCredentials> credentials, int file) {
+  grpc::Status Quarantine(std::shared_ptr<grpc::ChannelCredentials> credentials, int file,
+                          const std::string& bearer = "") {
     auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()), credentials);
     auto stub = v1::ResponseService::NewStub(channel);
     v1::QuarantineFileRequest request;
@@ -96,6 +101,7 @@ class ListenerTest : public ::testing::Test {
     request.set_comment("listener test");
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    if (!bearer.empty()) context.AddMetadata("authorization", "Bearer " + bearer);
     v1::QuarantineFileResponse response;
     return stub->QuarantineFile(&context, request, &response);
   }
@@ -161,6 +167,54 @@ TEST_F(ListenerTest, MutualTlsAdmitsOnlyClientsWithACertificateOfTheClientCa) {
   ASSERT_TRUE(entries.ok()) << entries.status();
   ASSERT_EQ(entries->size(), 1u);
   EXPECT_EQ(entries->front().caller, "playbook-runner.contoso.com");
+}
+
+TEST_F(ListenerTest, AuthorizationMapLetsEachCallerActOnlyOnItsTenants) {
+  File token("soar-token-8d2f61\n");
+  File authz(absl::StrCat(R"({"callers": [
+      {"name": "runner", "certificateNames": ["playbook-runner.contoso.com"], "tenants": ["default"]},
+      {"name": "auditor", "certificateNames": ["stranger.example.com"], "tenants": ["fabrikam"]},
+      {"name": "soar", "tokenFile": ")", token.path(), R"(", "tenants": ["*"]}]})"));
+  StartPlugin(/*mutual=*/false, authz.path());
+
+  // No client certificate asked for: only the bearer token identifies.
+  grpc::Status status = Quarantine(Tls(server_certs_.ca_pem), 1, "soar-token-8d2f61");
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  status = Quarantine(Tls(server_certs_.ca_pem), 2, "soar-token-8d2f62");
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_EQ(status.error_message().find("soar-token"), std::string::npos);
+  status = Quarantine(Tls(server_certs_.ca_pem), 3);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_EQ(Posts(), 1);
+}
+
+TEST_F(ListenerTest, AuthorizationMapWithMutualTlsChecksTheCertificatesTenants) {
+  File authz(R"({"callers": [
+      {"name": "runner", "certificateNames": ["playbook-runner.contoso.com"], "tenants": ["other"]}]})");
+  StartPlugin(/*mutual=*/true, authz.path());
+  // The runner's certificate is known, but not for the default tenant.
+  grpc::Status status = Quarantine(Tls(server_certs_.ca_pem, &client_certs_), 1);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << status.error_message();
+  EXPECT_NE(status.error_message().find("'runner' may not act on tenant 'default'"),
+            std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(Posts(), 0);
+  server_.reset();
+
+  File allowed(R"({"callers": [
+      {"name": "runner", "certificateNames": ["playbook-runner.contoso.com"], "tenants": ["default"]}]})");
+  StartPlugin(/*mutual=*/true, allowed.path());
+  status = Quarantine(Tls(server_certs_.ca_pem, &client_certs_), 2);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Posts(), 1);
+}
+
+TEST_F(ListenerTest, UnreadableAuthorizationFileStopsTheStart) {
+  auto config = testing::LoadTestConfig(
+      {"--listen", "127.0.0.1:0", "--authz", "/nonexistent/authz.json"}, env_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto server = PluginServer::Start(*config);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument) << server.status();
 }
 
 }  // namespace
