@@ -2,8 +2,6 @@
 
 #include <openssl/crypto.h>
 
-#include <fstream>
-#include <iterator>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "adapters/common/error.h"
+#include "adapters/common/file.h"
 #include "defender/v1/config.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -52,11 +51,9 @@ CallerIdentity IdentityOf(const grpc::CallbackServerContext& context) {
 }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in.good() && !in.eof()) json.clear();
-  if (json.empty()) return FileError(path, "", "cannot be read");
-  return Parse(json, path);
+  absl::StatusOr<std::string> json = ReadWholeFile(path);
+  if (!json.ok()) return FileError(path, "", "cannot be read");
+  return Parse(*json, path);
 }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(const std::string& json,
@@ -87,9 +84,8 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(const std::string&
       if (name.empty()) return FileError(origin, key + ".certificateNames", "empty name");
     }
     if (!entry.token_file().empty()) {
-      std::ifstream in(entry.token_file(), std::ios::binary);
-      std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      caller.token = std::string(absl::StripAsciiWhitespace(token));
+      absl::StatusOr<std::string> token = ReadWholeFile(entry.token_file());
+      if (token.ok()) caller.token = std::string(absl::StripAsciiWhitespace(*token));
       if (caller.token.empty()) {
         return FileError(origin, key + ".tokenFile",
                          absl::StrCat("cannot read a token from ", entry.token_file()));

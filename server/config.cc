@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -14,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "adapters/common/error.h"
+#include "adapters/common/file.h"
 #include "server/config_file.h"
 #include "server/flags.h"
 
@@ -208,13 +208,11 @@ bool IsLoopbackListen(const std::string& listen) {
 // content.
 absl::StatusOr<std::string> ReadPem(const std::string& path, const std::string& flag,
                                     const std::string& marker) {
-  std::ifstream in(path, std::ios::binary);
-  std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!in.good() && !in.eof()) pem.clear();
-  if (pem.empty()) {
+  absl::StatusOr<std::string> pem = ReadWholeFile(path);
+  if (!pem.ok() || pem->empty()) {
     return ConfigError(absl::StrCat(flag, ": cannot read ", path));
   }
-  if (pem.find(marker) == std::string::npos) {
+  if (pem->find(marker) == std::string::npos) {
     return ConfigError(absl::StrCat(flag, ": ", path, " holds no PEM ", marker));
   }
   return pem;

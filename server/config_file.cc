@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "adapters/common/error.h"
+#include "adapters/common/file.h"
 #include "adapters/region/region.h"
 #include "defender/v1/config.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -36,12 +37,8 @@ bool ValidName(const std::string& name) {
 bool Readable(const std::string& path) { return std::ifstream(path).good(); }
 
 absl::StatusOr<std::string> ReadTrimmed(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError("cannot read " + path);
-  std::stringstream content;
-  content << in.rdbuf();
-  std::string text = content.str();
-  absl::StripTrailingAsciiWhitespace(&text);
+  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (text.ok()) absl::StripTrailingAsciiWhitespace(&*text);
   return text;
 }
 
@@ -219,11 +216,9 @@ absl::StatusOr<ConfigFileContents> ParseConfigJson(const std::string& json,
 }
 
 absl::StatusOr<ConfigFileContents> ReadConfigFile(const std::string& path, const EnvLookup& env) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return FileError(path, "", "cannot read the file");
-  std::stringstream content;
-  content << in.rdbuf();
-  return ParseConfigJson(content.str(), path, env);
+  absl::StatusOr<std::string> json = ReadWholeFile(path);
+  if (!json.ok()) return FileError(path, "", "cannot read the file");
+  return ParseConfigJson(*json, path, env);
 }
 
 }  // namespace defender
