@@ -152,12 +152,8 @@ WorkResult ActionResult(const api::MachineAction& action) {
 }  // namespace
 
 std::string CallerOf(const grpc::CallbackServerContext& context) {
-  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  if (auth != nullptr && auth->IsPeerAuthenticated()) {
-    std::vector<grpc::string_ref> identity = auth->GetPeerIdentity();
-    if (!identity.empty()) return std::string(identity.front().data(), identity.front().size());
-  }
-  return context.peer();
+  CallerIdentity who = IdentityOf(context);
+  return who.certificate_names.empty() ? who.peer : who.certificate_names.front();
 }
 
 ResponseServiceImpl::ResponseServiceImpl(const TenantDirectory& tenants, ServiceParts parts,
@@ -170,11 +166,9 @@ absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Admit(
   if (!valid.ok()) return valid;
   if (parts_.authorizer != nullptr) {
     const std::string name = tenant.empty() ? tenants_.DefaultName() : tenant;
+    // A refusal names the caller; the call's own log line carries it.
     absl::StatusOr<std::string> caller = parts_.authorizer->Check(IdentityOf(context), name);
-    if (!caller.ok()) {
-      Log("WARN", absl::StrCat("refused: ", caller.status().message()));
-      return caller.status();
-    }
+    if (!caller.ok()) return caller.status();
   }
   std::shared_ptr<api::DefenderClient> client = tenants_.Find(tenant);
   if (client == nullptr) {
