@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -27,6 +28,7 @@ struct RawSettings {
   bool insecure_listen = false;
   std::string authz_file;
   std::string port_file;
+  std::string metrics_listen, log_level, log_format;
   std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
   std::string authority_host, region, api_url, scope, ca_file;
@@ -59,6 +61,16 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                   "FILE");
   flags.AddBool("insecure-listen", &raw.insecure_listen,
                 "allow plaintext on a non-loopback --listen address (logged as a warning)");
+  flags.AddString("metrics-listen", &raw.metrics_listen,
+                  "serve Prometheus metrics on http://HOST:PORT/metrics (DEFENDER_METRICS_LISTEN; "
+                  "off by default)",
+                  "HOST:PORT");
+  flags.AddString("log-level", &raw.log_level,
+                  "lowest level logged (DEFENDER_LOG_LEVEL; info)", "debug|info|warn|error");
+  flags.AddString("log-format", &raw.log_format,
+                  "json: one JSON object per line, hclog's keys; text: for a terminal "
+                  "(DEFENDER_LOG_FORMAT; json)",
+                  "json|text");
   flags.AddString("port-file", &raw.port_file,
                   "write the bound port to FILE once serving (for --listen HOST:0)", "FILE");
   flags.AddString("config", &raw.config_file,
@@ -278,6 +290,27 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
   }
   if (absl::Status tls = LoadListenerTls(raw, env, config); !tls.ok()) return tls;
   config.authz_file = Pick(raw.authz_file, env, "DEFENDER_AUTHZ_FILE");
+  config.metrics_listen = Pick(raw.metrics_listen, env, "DEFENDER_METRICS_LISTEN");
+  if (!config.metrics_listen.empty() && config.metrics_listen.find(':') == std::string::npos) {
+    return ConfigError("DEFENDER_METRICS_LISTEN (--metrics-listen) must be HOST:PORT");
+  }
+  if (std::string level = Pick(raw.log_level, env, "DEFENDER_LOG_LEVEL"); !level.empty()) {
+    absl::StatusOr<LogLevel> parsed = ParseLogLevel(level);
+    if (!parsed.ok()) {
+      return ConfigError(absl::StrCat("DEFENDER_LOG_LEVEL (--log-level) ", parsed.status().message(),
+                                      ", not '", absl::CHexEscape(level.substr(0, 32)), "'"));
+    }
+    config.log.level = *parsed;
+  }
+  if (std::string format = Pick(raw.log_format, env, "DEFENDER_LOG_FORMAT"); !format.empty()) {
+    absl::StatusOr<LogFormat> parsed = ParseLogFormat(format);
+    if (!parsed.ok()) {
+      return ConfigError(absl::StrCat("DEFENDER_LOG_FORMAT (--log-format) ",
+                                      parsed.status().message(), ", not '",
+                                      absl::CHexEscape(format.substr(0, 32)), "'"));
+    }
+    config.log.format = *parsed;
+  }
   if (raw.shutdown_grace_seconds < 0) return ConfigError("--shutdown-grace-seconds must be >= 0");
   config.shutdown_grace = absl::Seconds(raw.shutdown_grace_seconds);
 

@@ -43,6 +43,7 @@
 #include "absl/time/time.h"
 #include "absl/types/optional.h"
 #include "adapters/region/region.h"
+#include "server/log.h"
 
 namespace defender {
 
@@ -91,6 +92,12 @@ struct PluginConfig {
   // authorization.h); "" = every caller that reaches the listener.
   std::string authz_file;
   std::string port_file;  // "" = none
+  // Where Prometheus scrapes GET /metrics (--metrics-listen,
+  // DEFENDER_METRICS_LISTEN, HOST:PORT); "" = not served.
+  std::string metrics_listen;
+  // The log's level and format (--log-level, DEFENDER_LOG_LEVEL;
+  // --log-format, DEFENDER_LOG_FORMAT).
+  LogOptions log;
   std::string ca_file;  // "" = the system's CA bundle
   absl::Duration default_timeout = absl::Seconds(30);
   int rate_per_minute = 100;  // per tenant and API; 0 = window off

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
     std::cout << defender::ConfigUsage();
     return 0;
   }
+  defender::SetLogOptions(config->log);
 
   // The adapters and the gRPC server.
   absl::StatusOr<std::unique_ptr<defender::PluginServer>> server =
@@ -53,6 +54,12 @@ int main(int argc, char** argv) {
                                      host, ":", (*server)->port(), " over ", transport,
                                      " (region endpoints: ",
                                      config->tenants[0].endpoints.api_base_url, ")"));
+  if (!config->metrics_listen.empty()) {
+    defender::Log(defender::LogLevel::kInfo, "serving Prometheus metrics",
+                  {{"metrics_listen", config->metrics_listen},
+                   {"metrics_port", int64_t{(*server)->metrics_port()}},
+                   {"path", std::string("/metrics")}});
+  }
   if (config->insecure_listen && config->tls_cert_pem.empty()) {
     defender::Log("WARN", absl::StrCat("--insecure-listen: serving plaintext on ", config->listen,
                                        "; anyone who can reach it can quarantine files on your "
@@ -70,6 +77,7 @@ int main(int argc, char** argv) {
         defender::LoadConfig(argc, argv, defender::ProcessEnvironment());
     absl::Status swapped = reloaded.ok() ? (*server)->Reload(*reloaded) : reloaded.status();
     if (swapped.ok()) {
+      defender::SetLogOptions(reloaded->log);
       std::string names;
       for (const auto& tenant : reloaded->tenants) absl::StrAppend(&names, " ", tenant.name);
       defender::Log("INFO", absl::StrCat("SIGHUP: configuration reloaded; tenants:", names));

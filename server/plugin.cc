@@ -6,21 +6,27 @@
 #include "adapters/auth/client_secret_credential.h"
 #include "adapters/auth/managed_identity_credential.h"
 #include "adapters/auth/workload_identity_credential.h"
+#include "adapters/auth/metered_credential.h"
 #include "adapters/auth/token_cache.h"
+#include "adapters/common/metered_rate_limiter.h"
 #include "adapters/common/error.h"
 #include "adapters/defender/rest_defender_client.h"
 #include "adapters/http/curl_transport.h"
 
 namespace defender {
 
-absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const PluginConfig& config) {
+absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const PluginConfig& config,
+                                                                     Metrics& metrics) {
   std::unique_ptr<PluginRuntime> runtime(new PluginRuntime());
+  runtime->metrics_ = &metrics;
   http::CurlTransportOptions transport_options;
   transport_options.ca_file = config.ca_file;
   absl::StatusOr<std::unique_ptr<http::CurlTransport>> transport =
       http::CurlTransport::Create(transport_options);
   if (!transport.ok()) return transport.status();
   runtime->transport_ = *std::move(transport);
+  runtime->metered_transport_ =
+      std::make_unique<http::MeteredTransport>(*runtime->transport_, metrics);
   return runtime;
 }
 
@@ -31,6 +37,7 @@ PluginRuntime::~PluginRuntime() {
     absl::MutexLock lock(&mu_);
     budgets_.clear();
   }
+  metered_transport_.reset();
   transport_.reset();
 }
 
@@ -40,7 +47,8 @@ std::shared_ptr<RateLimiter> PluginRuntime::Budget(const std::string& name, Rate
   if (entry.limiter == nullptr || entry.limits.per_minute != limits.per_minute ||
       entry.limits.per_hour != limits.per_hour) {
     entry.limits = limits;
-    entry.limiter = std::make_shared<SlidingWindowLimiter>(limits, transport_->scheduler());
+    entry.limiter = std::make_shared<MeteredRateLimiter>(
+        std::make_shared<SlidingWindowLimiter>(limits, transport_->scheduler()), *metrics_);
   }
   return entry.limiter;
 }
@@ -141,7 +149,10 @@ absl::StatusOr<std::shared_ptr<Plugin>> Plugin::Create(const PluginConfig& confi
     entry.budget = runtime.Budget(tenant.name, limits);
     // Each tenant has its own token cache: a token of one tenant is never
     // sent for another.
-    entry.credential = std::make_unique<auth::CachingTokenCredential>(*std::move(credential));
+    // Metered under the cache: the metrics count real token requests.
+    entry.credential = std::make_unique<auth::CachingTokenCredential>(
+        std::make_unique<auth::MeteredTokenCredential>(*std::move(credential), tenant.name,
+                                                       runtime.metrics()));
     api::RestDefenderClientOptions client_options;
     client_options.api_base_url = tenant.endpoints.api_base_url;
     client_options.scope = tenant.endpoints.scope;

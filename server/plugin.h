@@ -26,6 +26,8 @@
 #include "adapters/defender/defender_client.h"
 #include "adapters/http/curl_transport.h"
 #include "adapters/http/http_transport.h"
+#include "adapters/http/metered_transport.h"
+#include "adapters/common/metrics.h"
 #include "server/config.h"
 #include "server/rate_limiter.h"
 
@@ -48,11 +50,16 @@ class PluginRuntime {
  public:
   // Create starts the transport (trusting config.ca_file), whose loop thread
   // also runs every timer (rate-limit slots, retry pauses, watch polls).
-  static absl::StatusOr<std::unique_ptr<PluginRuntime>> Create(const PluginConfig& config);
+  // Every upstream exchange, rate slot and token request is reported to
+  // `metrics`, which must outlive the runtime.
+  static absl::StatusOr<std::unique_ptr<PluginRuntime>> Create(const PluginConfig& config,
+                                                               Metrics& metrics);
   ~PluginRuntime();
 
   Scheduler& scheduler() { return transport_->scheduler(); }
-  http::HttpTransport& transport() { return *transport_; }
+  // transport reports each exchange to the metrics.
+  http::HttpTransport& transport() { return *metered_transport_; }
+  Metrics& metrics() { return *metrics_; }
 
   // Budget returns the limiter of tenant `name` with `limits`: the same one
   // for the same name and limits, across reloads.
@@ -60,11 +67,13 @@ class PluginRuntime {
 
  private:
   PluginRuntime() = default;
+  Metrics* metrics_ = nullptr;
   std::unique_ptr<http::CurlTransport> transport_;
+  std::unique_ptr<http::MeteredTransport> metered_transport_;
   absl::Mutex mu_;
   struct BudgetEntry {
     RateLimits limits;
-    std::shared_ptr<RateLimiter> limiter;
+    std::shared_ptr<RateLimiter> limiter;  // metered
   };
   std::map<std::string, BudgetEntry> budgets_ ABSL_GUARDED_BY(mu_);
 };

@@ -30,9 +30,16 @@ std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const PluginConfig&
 
 absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginConfig& config) {
   std::unique_ptr<PluginServer> server(new PluginServer());
+  // Metrics first: every part below reports to them.
+  server->metrics_ = std::make_unique<PrometheusMetrics>();
+  if (!config.metrics_listen.empty()) {
+    absl::Status serving = server->metrics_->Serve(config.metrics_listen);
+    if (!serving.ok()) return serving;
+  }
   // The adapters: timers, one transport and the budgets; a credential and a
   // client per tenant.
-  absl::StatusOr<std::unique_ptr<PluginRuntime>> runtime = PluginRuntime::Create(config);
+  absl::StatusOr<std::unique_ptr<PluginRuntime>> runtime =
+      PluginRuntime::Create(config, *server->metrics_);
   if (!runtime.ok()) return runtime.status();
   server->runtime_ = *std::move(runtime);
   absl::StatusOr<std::shared_ptr<Plugin>> plugin = Plugin::Create(config, *server->runtime_);
@@ -61,6 +68,7 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   parts.ledger = server->ledger_.get();
   parts.watches = server->watches_.get();
   parts.resolver = server->resolver_.get();
+  parts.metrics = server->metrics_.get();
   if (!config.authz_file.empty()) {
     absl::StatusOr<std::unique_ptr<Authorizer>> authorizer = Authorizer::Load(config.authz_file);
     if (!authorizer.ok()) return authorizer.status();

@@ -18,6 +18,7 @@
 #include "adapters/journal/journal.h"
 #include "server/authorization.h"
 #include "server/config.h"
+#include "server/metrics.h"
 #include "server/plugin.h"
 #include "server/request_ledger.h"
 #include "server/response_service_impl.h"
@@ -42,6 +43,10 @@ class PluginServer final : public TenantDirectory {
 
   // port is the bound port (useful with "127.0.0.1:0").
   int port() const { return port_; }
+  // metrics_port is the bound port of --metrics-listen, 0 without it.
+  int metrics_port() const { return metrics_->port(); }
+  // metrics are the server's metrics (served on --metrics-listen when set).
+  PrometheusMetrics& metrics() { return *metrics_; }
 
   // Reload swaps in the tenants of `config` (the listen address, CA file and
   // other process-wide settings keep their start-up values). On an error the
@@ -60,6 +65,8 @@ class PluginServer final : public TenantDirectory {
  private:
   PluginServer() = default;
 
+  // Declared first: everything below reports to it until it is destroyed.
+  std::unique_ptr<PrometheusMetrics> metrics_;
   std::unique_ptr<PluginRuntime> runtime_;
   std::unique_ptr<journal::Journal> journal_;  // in config.state_dir
   std::unique_ptr<RequestLedger> ledger_;

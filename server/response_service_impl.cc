@@ -13,6 +13,7 @@
 #include "adapters/common/cancellation.h"
 #include "adapters/common/error.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/call_log.h"
 #include "server/log.h"
 #include "server/status_conversion.h"
 #include "server/stream_sink.h"
@@ -33,23 +34,10 @@ class CallReactor final : public grpc::ServerUnaryReactor {
   std::shared_ptr<Cancellation> cancellation_ = std::make_shared<Cancellation>();
 };
 
-// LogCall writes the one line of a finished call.
-void LogCall(absl::string_view method, const std::string& details, absl::Time started,
-             const absl::Status& status) {
-  std::string line = absl::StrCat("rpc=", method, " ", details,
-                                  " code=", absl::StatusCodeToString(status.code()),
-                                  " latency_ms=", absl::ToInt64Milliseconds(absl::Now() - started));
-  if (!status.ok()) {
-    absl::StrAppend(&line, " reason=", ErrorReason(status), " message=\"", status.message(), "\"");
-  }
-  Log(status.ok() ? "INFO" : "WARN", line);
-}
-
-// FinishCall ends `reactor` with `status`, logging one line for the call. The
+// FinishCall ends `reactor` with `status`, writing the call's line first. The
 // reactor may be gone once this returns.
-void FinishCall(grpc::ServerUnaryReactor* reactor, absl::string_view method,
-                const std::string& details, absl::Time started, const absl::Status& status) {
-  LogCall(method, details, started, status);
+void FinishCall(grpc::ServerUnaryReactor* reactor, CallLog& log, const absl::Status& status) {
+  log.Finish(status);
   reactor->Finish(ToGrpcStatus(status));
 }
 
@@ -151,24 +139,21 @@ WorkResult ActionResult(const api::MachineAction& action) {
 
 }  // namespace
 
-std::string CallerOf(const grpc::CallbackServerContext& context) {
-  CallerIdentity who = IdentityOf(context);
-  return who.certificate_names.empty() ? who.peer : who.certificate_names.front();
-}
-
 ResponseServiceImpl::ResponseServiceImpl(const TenantDirectory& tenants, ServiceParts parts,
                                          absl::Duration default_timeout, Clock& clock)
     : tenants_(tenants), parts_(parts), default_timeout_(default_timeout), clock_(clock) {}
 
 absl::StatusOr<std::shared_ptr<api::DefenderClient>> ResponseServiceImpl::Admit(
-    const grpc::CallbackServerContext& context, const absl::Status& valid,
+    const grpc::CallbackServerContext& context, CallLog& log, const absl::Status& valid,
     const std::string& tenant) const {
+  log.Set("tenant", TenantForLog(tenant));
   if (!valid.ok()) return valid;
   if (parts_.authorizer != nullptr) {
     const std::string name = tenant.empty() ? tenants_.DefaultName() : tenant;
     // A refusal names the caller; the call's own log line carries it.
     absl::StatusOr<std::string> caller = parts_.authorizer->Check(IdentityOf(context), name);
     if (!caller.ok()) return caller.status();
+    log.SetCaller(*caller);
   }
   std::shared_ptr<api::DefenderClient> client = tenants_.Find(tenant);
   if (client == nullptr) {
@@ -192,28 +177,24 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
     grpc::CallbackServerContext* context, const v1::QuarantineFileRequest* request,
     v1::QuarantineFileResponse* response) {
   auto* reactor = new CallReactor();
-  const absl::Time started = absl::Now();
-  std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
+  auto log = CallLog::Start("QuarantineFile", *context, metrics());
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(*context, ValidateQuarantineFileRequest(*request), request->tenant());
+      Admit(*context, *log, ValidateQuarantineFileRequest(*request), request->tenant());
   if (!client.ok()) {
-    FinishCall(reactor, "QuarantineFile", details, started, client.status());
+    FinishCall(reactor, *log, client.status());
     return reactor;
   }
   Target target{absl::AsciiStrToLower(request->machine_id()), request->computer_dns_name(),
                 absl::AsciiStrToLower(request->sha1()), absl::AsciiStrToLower(request->sha256()),
                 request->comment()};
-  absl::StrAppend(&details, " machine=",
-                  target.machine_id.empty() ? target.computer_dns_name : target.machine_id,
-                  " file=", target.sha1.empty() ? target.sha256 : target.sha1);
-  if (!request->request_id().empty()) {
-    absl::StrAppend(&details, " request_id=", absl::CHexEscape(request->request_id()));
-  }
+  log->Set("machine", target.machine_id.empty() ? target.computer_dns_name : target.machine_id);
+  log->Set("file", target.sha1.empty() ? target.sha256 : target.sha1);
+  if (!request->request_id().empty()) log->Set("request_id", request->request_id());
   journal::Entry entry;
   entry.request_key = request->request_id();
   entry.params = Canonical("QuarantineFile", Normalized(*request));
   entry.method = "QuarantineFile";
-  entry.caller = CallerOf(*context);
+  entry.caller = log->caller();
   entry.tenant = TenantName(request->tenant());
   entry.machine_id = target.machine_id;
   entry.file_sha1 = target.sha1;
@@ -221,16 +202,13 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::QuarantineFile(
   parts_.ledger->Run(
       std::move(entry),
       QuarantineWork(*client, *parts_.resolver, std::move(target),
-                     api::CallContext(Deadline(*context), reactor->cancellation())),
-      [reactor, response, details, started](absl::StatusOr<v1::MachineAction> action,
-                                            bool replayed) {
-        if (!action.ok()) {
-          return FinishCall(reactor, "QuarantineFile", details, started, action.status());
-        }
+                     api::CallContext(Deadline(*context), reactor->cancellation(), log->trace())),
+      [reactor, response, log](absl::StatusOr<v1::MachineAction> action, bool replayed) {
+        if (!action.ok()) return FinishCall(reactor, *log, action.status());
         *response->mutable_action() = *action;
-        FinishCall(reactor, "QuarantineFile",
-                   absl::StrCat(details, " action=", action->id(), replayed ? " replayed=1" : ""),
-                   started, absl::OkStatus());
+        log->Set("action_id", action->id());
+        if (replayed) log->Set("replayed", true);
+        FinishCall(reactor, *log, absl::OkStatus());
       });
   return reactor;
 }
@@ -239,22 +217,20 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::GetMachineAction(
     grpc::CallbackServerContext* context, const v1::GetMachineActionRequest* request,
     v1::MachineAction* response) {
   auto* reactor = new CallReactor();
-  const absl::Time started = absl::Now();
-  std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
+  auto log = CallLog::Start("GetMachineAction", *context, metrics());
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(*context, ValidateGetMachineActionRequest(*request), request->tenant());
+      Admit(*context, *log, ValidateGetMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
-    FinishCall(reactor, "GetMachineAction", details, started, client.status());
+    FinishCall(reactor, *log, client.status());
     return reactor;
   }
-  absl::StrAppend(&details, " action=", request->id());
+  log->Set("action_id", request->id());
   (*client)->GetMachineAction(
-      request->id(), api::CallContext(Deadline(*context), reactor->cancellation()),
+      request->id(), api::CallContext(Deadline(*context), reactor->cancellation(), log->trace()),
       // The callback holds the client: a reload cannot take it away mid-call.
-      [reactor, response, details, started, held = *client](
-          absl::StatusOr<api::MachineAction> action) {
+      [reactor, response, log, held = *client](absl::StatusOr<api::MachineAction> action) {
         if (action.ok()) ToProto(*action, response);
-        FinishCall(reactor, "GetMachineAction", details, started, action.status());
+        FinishCall(reactor, *log, action.status());
       });
   return reactor;
 }
@@ -269,10 +245,9 @@ grpc::ServerWriteReactor<v1::MachineAction>* ResponseServiceImpl::WatchMachineAc
   };
   auto state = std::make_shared<State>();
   WatchHub* hub = parts_.watches;
-  const absl::Time started = absl::Now();
-  std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()),
-                                     " action=", absl::CHexEscape(request->id().substr(0, 64)));
-  auto sink = StreamSink<v1::MachineAction>::Create([state, hub, details, started] {
+  auto log = CallLog::Start("WatchMachineAction", *context, metrics());
+  log->Set("action_id", absl::CHexEscape(request->id().substr(0, 64)));
+  auto sink = StreamSink<v1::MachineAction>::Create([state, hub, log] {
     WatchHub::WatchId id = 0;
     {
       absl::MutexLock lock(&state->mu);
@@ -280,15 +255,15 @@ grpc::ServerWriteReactor<v1::MachineAction>* ResponseServiceImpl::WatchMachineAc
       id = state->id;
     }
     if (id != 0) hub->Unwatch(id);
-    LogCall("WatchMachineAction", details, started,
-            MakeError(absl::StatusCode::kCancelled, "the caller ended the watch", "CANCELLED"));
+    log->Finish(
+        MakeError(absl::StatusCode::kCancelled, "the caller ended the watch", "CANCELLED"));
   });
-  auto close = [sink, details, started](const absl::Status& status) {
-    LogCall("WatchMachineAction", details, started, status);
+  auto close = [sink, log](const absl::Status& status) {
+    log->Finish(status);
     sink->Close(ToGrpcStatus(status));
   };
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(*context, ValidateWatchMachineActionRequest(*request), request->tenant());
+      Admit(*context, *log, ValidateWatchMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
     close(client.status());
     return sink->reactor();
@@ -324,22 +299,21 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::CancelMachineAction(
     grpc::CallbackServerContext* context, const v1::CancelMachineActionRequest* request,
     v1::MachineAction* response) {
   auto* reactor = new CallReactor();
-  const absl::Time started = absl::Now();
-  std::string details = absl::StrCat("tenant=", TenantForLog(request->tenant()));
+  auto log = CallLog::Start("CancelMachineAction", *context, metrics());
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(*context, ValidateCancelMachineActionRequest(*request), request->tenant());
+      Admit(*context, *log, ValidateCancelMachineActionRequest(*request), request->tenant());
   if (!client.ok()) {
-    FinishCall(reactor, "CancelMachineAction", details, started, client.status());
+    FinishCall(reactor, *log, client.status());
     return reactor;
   }
-  absl::StrAppend(&details, " action=", request->id());
+  log->Set("action_id", request->id());
   journal::Entry entry;
   entry.method = "CancelMachineAction";
-  entry.caller = CallerOf(*context);
+  entry.caller = log->caller();
   entry.tenant = TenantName(request->tenant());
   entry.action_id = request->id();
   entry.comment = request->comment();
-  const api::CallContext call(Deadline(*context), reactor->cancellation());
+  const api::CallContext call(Deadline(*context), reactor->cancellation(), log->trace());
   // Defender cancels only actions that are not final; asking first gives a
   // precise FAILED_PRECONDITION whatever Defender's refusal looks like. A
   // refusal after the cancel was sent is checked again: an earlier attempt of
@@ -385,11 +359,9 @@ grpc::ServerUnaryReactor* ResponseServiceImpl::CancelMachineAction(
     });
   };
   parts_.ledger->Run(std::move(entry), std::move(work),
-                     [reactor, response, details, started](
-                         absl::StatusOr<v1::MachineAction> action, bool) {
+                     [reactor, response, log](absl::StatusOr<v1::MachineAction> action, bool) {
                        if (action.ok()) *response = *action;
-                       FinishCall(reactor, "CancelMachineAction", details, started,
-                                  action.status());
+                       FinishCall(reactor, *log, action.status());
                      });
   return reactor;
 }
@@ -406,16 +378,19 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
   };
 
   BatchRun(const ResponseServiceImpl& service, v1::BatchQuarantineFileRequest request,
-           std::shared_ptr<api::DefenderClient> client, std::string caller, absl::Time deadline)
+           std::shared_ptr<api::DefenderClient> client, std::shared_ptr<CallLog> log,
+           absl::Time deadline)
       : service_(service),
         request_(std::move(request)),
         client_(std::move(client)),
-        caller_(std::move(caller)),
-        deadline_(deadline),
-        started_(absl::Now()) {
-    details_ = absl::StrCat("tenant=", TenantForLog(request_.tenant()),
-                            " devices=", request_.machine_ids_size() +
-                                             request_.computer_dns_names_size());
+        log_(std::move(log)),
+        caller_(log_->caller()),
+        deadline_(deadline) {
+    log_->Set("devices",
+              int64_t{request_.machine_ids_size() + request_.computer_dns_names_size()});
+    log_->Set("file", request_.sha1().empty() ? absl::AsciiStrToLower(request_.sha256())
+                                              : absl::AsciiStrToLower(request_.sha1()));
+    if (!request_.request_id().empty()) log_->Set("request_id", request_.request_id());
     int index = 0;
     for (const std::string& id : request_.machine_ids()) {
       devices_.push_back(Device{index++, absl::AsciiStrToLower(id), ""});
@@ -429,8 +404,6 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
     sink_ = std::move(sink);
   }
   const std::shared_ptr<Cancellation>& cancellation() const { return cancellation_; }
-  const std::string& details() const { return details_; }
-  absl::Time started() const { return started_; }
 
   // Start journals the batch, resolves the file, then starts the devices.
   void Start() {
@@ -464,7 +437,7 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
   void ResolveFile() {
     service_.parts_.resolver->ResolveFile(
         *client_, request_.sha1(), request_.sha256(),
-        api::CallContext(deadline_, cancellation_),
+        api::CallContext(deadline_, cancellation_, log_->trace()),
         [self = shared_from_this()](absl::StatusOr<std::string> sha1) {
           if (!sha1.ok()) return self->Close(sha1.status());
           {
@@ -529,7 +502,7 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
     service_.parts_.ledger->Run(
         std::move(entry),
         QuarantineWork(client_, *service_.parts_.resolver, std::move(target),
-                       api::CallContext(deadline_, cancellation_)),
+                       api::CallContext(deadline_, cancellation_, log_->trace())),
         [self = shared_from_this(), device](absl::StatusOr<v1::MachineAction> action, bool) {
           self->OnDeviceDone(device, std::move(action));
         });
@@ -582,22 +555,21 @@ class ResponseServiceImpl::BatchRun : public std::enable_shared_from_this<BatchR
   }
 
   void Close(const absl::Status& status) {
-    std::string details;
     {
       absl::MutexLock lock(&mu_);
-      details = absl::StrCat(details_, " succeeded=", succeeded_, " failed=", failed_);
+      log_->Set("succeeded", int64_t{succeeded_});
+      log_->Set("failed", int64_t{failed_});
     }
-    LogCall("BatchQuarantineFile", details, started_, status);
+    log_->Finish(status);
     sink_->Close(ToGrpcStatus(status));
   }
 
   const ResponseServiceImpl& service_;
   const v1::BatchQuarantineFileRequest request_;
   const std::shared_ptr<api::DefenderClient> client_;
+  const std::shared_ptr<CallLog> log_;
   const std::string caller_;
   const absl::Time deadline_;
-  const absl::Time started_;
-  std::string details_;
   std::vector<Device> devices_;
   std::shared_ptr<Cancellation> cancellation_ = std::make_shared<Cancellation>();
   std::shared_ptr<StreamSink<v1::BatchQuarantineFileResponse>> sink_;
@@ -619,16 +591,16 @@ ResponseServiceImpl::BatchQuarantineFile(grpc::CallbackServerContext* context,
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     deadline = absl::FromChrono(context->deadline());
   }
+  auto log = CallLog::Start("BatchQuarantineFile", *context, metrics());
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> client =
-      Admit(*context, ValidateBatchQuarantineFileRequest(*request), request->tenant());
+      Admit(*context, *log, ValidateBatchQuarantineFileRequest(*request), request->tenant());
   if (!client.ok()) {
     auto sink = StreamSink<v1::BatchQuarantineFileResponse>::Create();
-    LogCall("BatchQuarantineFile", absl::StrCat("tenant=", TenantForLog(request->tenant())),
-            absl::Now(), client.status());
+    log->Finish(client.status());
     sink->Close(ToGrpcStatus(client.status()));
     return sink->reactor();
   }
-  auto run = std::make_shared<BatchRun>(*this, *request, *client, CallerOf(*context), deadline);
+  auto run = std::make_shared<BatchRun>(*this, *request, *client, std::move(log), deadline);
   auto sink = StreamSink<v1::BatchQuarantineFileResponse>::Create(
       [cancellation = run->cancellation()] { cancellation->Cancel(); });
   run->set_sink(sink);

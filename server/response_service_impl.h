@@ -19,7 +19,9 @@
 #include "absl/time/time.h"
 #include "adapters/common/clock.h"
 #include "defender/v1/response_service.grpc.pb.h"
+#include "adapters/common/metrics.h"
 #include "server/authorization.h"
+#include "server/call_log.h"
 #include "server/plugin.h"
 #include "server/request_ledger.h"
 #include "server/target_resolver.h"
@@ -40,6 +42,7 @@ struct ServiceParts {
   WatchHub* watches = nullptr;
   TargetResolver* resolver = nullptr;
   const Authorizer* authorizer = nullptr;  // null: every caller may act on every tenant
+  Metrics* metrics = nullptr;              // null: no metrics
 };
 
 // ResponseServiceImpl serves the API. Thread-safe; `tenants` must outlive it.
@@ -73,9 +76,13 @@ class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
   // Admit returns `valid` (the request's validation) when it is an error,
   // else PERMISSION_DENIED when the caller may not act on the tenant, else
   // the tenant's client, or INVALID_ARGUMENT UNKNOWN_TENANT.
+  // It notes the tenant, and the caller's name when authorized, in `log`.
   absl::StatusOr<std::shared_ptr<api::DefenderClient>> Admit(
-      const grpc::CallbackServerContext& context, const absl::Status& valid,
+      const grpc::CallbackServerContext& context, CallLog& log, const absl::Status& valid,
       const std::string& tenant) const;
+  Metrics& metrics() const {
+    return parts_.metrics != nullptr ? *parts_.metrics : NoMetrics::Get();
+  }
   // Deadline is when a unary call must be answered.
   absl::Time Deadline(const grpc::CallbackServerContext& context) const;
 
@@ -85,9 +92,6 @@ class ResponseServiceImpl final : public v1::ResponseService::CallbackService {
   Clock& clock_;
 };
 
-// CallerOf names who is calling, for the audit trail: the authenticated
-// identity when the channel has one, else the peer address.
-std::string CallerOf(const grpc::CallbackServerContext& context);
 
 }  // namespace defender
 

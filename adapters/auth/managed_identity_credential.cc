@@ -560,6 +560,7 @@ void ManagedIdentityCredential::GetToken(const TokenRequestContext& context, Cal
 
   http::HttpRequest request;
   request.method = "GET";
+  request.endpoint = "managed_identity";
   if (app_service_) {
     const char separator = endpoint_.find('?') == std::string::npos ? '?' : '&';
     request.url =

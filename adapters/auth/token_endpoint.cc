@@ -361,6 +361,7 @@ class TokenEndpointClient::Fetch : public std::enable_shared_from_this<Fetch> {
     http::HttpRequest request;
     request.method = "POST";
     request.url = shared_->token_url;
+    request.endpoint = "token";
     request.headers = {{"Content-Type", "application/x-www-form-urlencoded"},
                        {"Accept", "application/json"}};
     request.body = http::FormEncode(fields);

@@ -29,6 +29,13 @@ std::string ErrorReason(const absl::Status& status) {
   return info ? info->reason() : std::string();
 }
 
+std::string ErrorMetadata(const absl::Status& status, const std::string& key) {
+  std::optional<google::rpc::ErrorInfo> info = GetErrorInfo(status);
+  if (!info) return "";
+  auto it = info->metadata().find(key);
+  return it == info->metadata().end() ? std::string() : it->second;
+}
+
 void SetRetryDelay(absl::Status& status, absl::Duration delay) {
   if (delay < absl::ZeroDuration()) delay = absl::ZeroDuration();
   google::rpc::RetryInfo retry;

@@ -43,6 +43,10 @@ std::optional<google::rpc::ErrorInfo> GetErrorInfo(const absl::Status& status);
 // ErrorReason returns the ErrorInfo.reason of `status`, or "" if it has none.
 std::string ErrorReason(const absl::Status& status);
 
+// ErrorMetadata returns the ErrorInfo metadata entry `key` of `status`, or ""
+// if it has none.
+std::string ErrorMetadata(const absl::Status& status, const std::string& key);
+
 // SetRetryDelay attaches a RetryInfo telling the caller when to come back.
 void SetRetryDelay(absl::Status& status, absl::Duration delay);
 

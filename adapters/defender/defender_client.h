@@ -38,6 +38,8 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/common/cancellation.h"
 #include "adapters/defender/machine_action.h"
@@ -82,15 +84,46 @@ struct MachineInfo {
   std::optional<absl::Time> last_seen;
 };
 
+// CallTrace gathers what Defender answered during one or more calls, for
+// the log line of the RPC they serve: the HTTP status of the last answer
+// and the last tracking id an error body carried. Thread-safe.
+class CallTrace {
+ public:
+  // RecordAnswer notes an answer's HTTP status and, if not empty, its
+  // tracking id.
+  void RecordAnswer(int http_status, absl::string_view tracking_id) {
+    absl::MutexLock lock(&mu_);
+    last_http_status_ = http_status;
+    if (!tracking_id.empty()) tracking_id_ = std::string(tracking_id);
+  }
+  // LastHttpStatus is 0 while no answer came.
+  int LastHttpStatus() const {
+    absl::MutexLock lock(&mu_);
+    return last_http_status_;
+  }
+  std::string TrackingId() const {
+    absl::MutexLock lock(&mu_);
+    return tracking_id_;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  int last_http_status_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string tracking_id_ ABSL_GUARDED_BY(mu_);
+};
+
 // CallContext bounds one call: everything it does (rate-slot waits, token
 // requests, HTTP attempts, backoff) ends by `deadline`, and stops early with
 // CANCELLED when `cancellation` is raised. Converts from a bare deadline.
+// Every answer Defender gives the call is noted in `trace` when set.
 struct CallContext {
   CallContext(absl::Time deadline = absl::InfiniteFuture(),  // NOLINT: implicit on purpose
-              std::shared_ptr<Cancellation> cancellation = nullptr)
-      : deadline(deadline), cancellation(std::move(cancellation)) {}
+              std::shared_ptr<Cancellation> cancellation = nullptr,
+              std::shared_ptr<CallTrace> trace = nullptr)
+      : deadline(deadline), cancellation(std::move(cancellation)), trace(std::move(trace)) {}
   absl::Time deadline;
   std::shared_ptr<Cancellation> cancellation;  // may be null
+  std::shared_ptr<CallTrace> trace;            // may be null
 };
 
 // DefenderClient calls one tenant's Defender API. Thread-safe.

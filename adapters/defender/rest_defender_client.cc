@@ -356,6 +356,7 @@ class RestDefenderClient::Runner {
     http::HttpRequest http;
     http.method = request.method;
     http.url = request.url;
+    http.endpoint = request.operation;
     http.headers.emplace_back("Authorization", absl::StrCat("Bearer ", token));
     http.headers.emplace_back("Accept", "application/json");
     if (!request.body.empty()) {
@@ -420,6 +421,7 @@ class RestDefenderClient::Runner {
     }
     const int status = answer->status;
     if (status >= 200 && status < 300) {
+      if (call->context.trace) call->context.trace->RecordAnswer(status, "");
       if (lookup) return OnLookupAnswer(std::move(call), *answer);
       if (!call->creates_action) {
         return FinishWithAnswer(call, status, std::move(answer->body));
@@ -444,6 +446,9 @@ class RestDefenderClient::Runner {
       return Attempt(std::move(call), std::move(request), std::move(token));
     }
     absl::Status error = Redact(MapDefenderError(*answer, Now(call)), token);
+    if (call->context.trace) {
+      call->context.trace->RecordAnswer(status, ErrorMetadata(error, "tracking_id"));
+    }
     if (status == 429) {
       // Throttled: come back when Defender says, if the deadline allows.
       const absl::Duration wait = GetRetryDelay(error).value_or(kDefaultRetryAfter);

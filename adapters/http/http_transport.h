@@ -76,6 +76,9 @@ struct HttpRequest {
   // IDENTITY_ENDPOINT) reject proxied requests and would hand a token to
   // whatever sits in between. False (the default) honours the environment.
   bool no_proxy = false;
+  // Names the exchange in metrics ("StopAndQuarantineFile", "token"): from a
+  // small fixed set, never an id or a URL. Empty counts as "other".
+  std::string endpoint;
 };
 
 // HttpResponse is a complete answer.

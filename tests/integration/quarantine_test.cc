@@ -150,7 +150,7 @@ TEST_F(QuarantineTest, HappyPathSendsTheDocumentedRequestAndReturnsTheAction) {
   grpc::Status status = Quarantine(ValidRequest(), &response);
   const std::string logs = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_THAT(logs, HasSubstr("rpc=QuarantineFile"));
+  EXPECT_THAT(logs, HasSubstr(R"("rpc":"QuarantineFile")"));
   EXPECT_THAT(logs, Not(HasSubstr(kSecret)));
   EXPECT_THAT(logs, Not(HasSubstr("Bearer")));
 
