@@ -49,7 +49,7 @@ class Metrics {
 
   // TokenRefreshed records one token request of `tenant`'s credential (the
   // cache missed): `failure_reason` is empty when a token came back, else the
-  // error's reason (AADSTS_INVALID_CLIENT, ...).
+  // error's reason (TOKEN_REQUEST_REJECTED, ...).
   virtual void TokenRefreshed(absl::string_view tenant, absl::string_view failure_reason,
                               absl::Duration latency) = 0;
 };

@@ -28,7 +28,7 @@ TEST(PrometheusMetricsTest, EventsBecomeTheDocumentedFamilies) {
   metrics.LimiterWaiting(+2);
   metrics.LimiterWaiting(-1);
   metrics.TokenRefreshed("contoso", "", absl::Milliseconds(40));
-  metrics.TokenRefreshed("contoso", "AADSTS_INVALID_CLIENT", absl::Milliseconds(40));
+  metrics.TokenRefreshed("contoso", "TOKEN_REQUEST_REJECTED", absl::Milliseconds(40));
   const std::string text = metrics.Text();
   EXPECT_THAT(text, HasSubstr(R"(defender_plugin_rpcs_total{code="OK",method="QuarantineFile"} 1)"));
   EXPECT_THAT(text, HasSubstr(R"(defender_plugin_rpcs_in_flight{method="QuarantineFile"} 1)"));
@@ -44,7 +44,7 @@ TEST(PrometheusMetricsTest, EventsBecomeTheDocumentedFamilies) {
   EXPECT_THAT(text, HasSubstr(R"(defender_plugin_rate_limiter_rejections_total{api="StopAndQuarantineFile",reason="RATE_LIMITED",tenant="contoso"} 1)"));
   EXPECT_THAT(text, HasSubstr("defender_plugin_rate_limiter_waiting 1"));
   EXPECT_THAT(text, HasSubstr(R"(defender_plugin_token_refreshes_total{tenant="contoso"} 2)"));
-  EXPECT_THAT(text, HasSubstr(R"(defender_plugin_token_refresh_failures_total{reason="AADSTS_INVALID_CLIENT",tenant="contoso"} 1)"));
+  EXPECT_THAT(text, HasSubstr(R"(defender_plugin_token_refresh_failures_total{reason="TOKEN_REQUEST_REJECTED",tenant="contoso"} 1)"));
   EXPECT_THAT(text, HasSubstr("defender_plugin_build_info{version=\""));
 }
 

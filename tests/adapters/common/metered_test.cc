@@ -157,7 +157,7 @@ TEST(MeteredTokenCredentialTest, ReportsEachTokenRequestAndItsFailureReason) {
   auth::MeteredTokenCredential credential(
       std::make_unique<FakeCredential>(std::vector<absl::StatusOr<auth::AccessToken>>{
           token, MakeError(absl::StatusCode::kUnauthenticated, "AADSTS7000215: invalid secret",
-                           "AADSTS_INVALID_CLIENT")}),
+                           "TOKEN_REQUEST_REJECTED")}),
       "contoso", metrics);
   EXPECT_EQ(credential.Name(), "FakeCredential");
   std::vector<absl::StatusOr<auth::AccessToken>> got;
@@ -166,9 +166,9 @@ TEST(MeteredTokenCredentialTest, ReportsEachTokenRequestAndItsFailureReason) {
   credential.GetToken({}, record);
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[0]->token, token.token);
-  EXPECT_EQ(ErrorReason(got[1].status()), "AADSTS_INVALID_CLIENT");
+  EXPECT_EQ(ErrorReason(got[1].status()), "TOKEN_REQUEST_REJECTED");
   EXPECT_THAT(metrics.events(),
-              ElementsAre("token contoso ok", "token contoso failed AADSTS_INVALID_CLIENT"));
+              ElementsAre("token contoso ok", "token contoso failed TOKEN_REQUEST_REJECTED"));
 }
 
 }  // namespace
