@@ -300,8 +300,10 @@ def check_docker(dockerfile, src, destdir, ctx, help_path, out):
                 fail("Dockerfile: runtime COPY %s is not from the install tree /out" % source)
             elif not os.path.exists(os.path.join(destdir, source[len("/out/"):])):
                 fail("Dockerfile: runtime COPY %s: the install does not produce it" % source)
-    if not any("DEFENDER_BUILD_TESTS=OFF" in run for run in builder["runs"]):
-        fail("Dockerfile: the builder does not turn the tests off")
+    configure = [run for run in builder["runs"] if "cmake -S . -B build" in run]
+    cmake_args = re.findall(r"(-D[A-Za-z_]+=\S+)", configure[0]) if configure else []
+    if "-DDEFENDER_BUILD_TESTS=OFF" not in cmake_args:
+        fail("Dockerfile: the builder does not configure with -DDEFENDER_BUILD_TESTS=OFF")
     if not any("./scripts/install-deps" in run for run in builder["runs"]) or \
             not any("./scripts/build" in run for run in builder["runs"]):
         fail("Dockerfile: the builder does not use scripts/install-deps and scripts/build")
@@ -328,6 +330,7 @@ def check_docker(dockerfile, src, destdir, ctx, help_path, out):
     done()
     write_lines(out, argv)
     write_lines(out + ".packages", packages)
+    write_lines(out + ".cmake-args", cmake_args)
     print("docker: %d builder COPYs, runtime packages %s, ENTRYPOINT %s"
           % (len(builder["copies"]), " ".join(packages), " ".join(argv)))
 
@@ -458,12 +461,15 @@ def check_kubernetes(yaml_path, help_path, binary, materials, root, out):
             target = port.get("targetPort", port["port"])
             if target not in port_names and target not in port_names.values():
                 fail("kubernetes: Service port %s targets %s, not a container port" % (port["port"], target))
+    http_probes = []
     for probe_name in ("readinessProbe", "livenessProbe"):
         probe = container.get(probe_name)
         if not probe:
             fail("kubernetes: no %s" % probe_name)
             continue
-        for kind in ("tcpSocket", "grpc"):
+        if "httpGet" in probe:
+            http_probes.append("%s %s" % (probe["httpGet"]["port"], probe["httpGet"]["path"]))
+        for kind in ("tcpSocket", "grpc", "httpGet"):
             if kind in probe and probe[kind]["port"] not in port_names and \
                     probe[kind]["port"] not in port_names.values():
                 fail("kubernetes: %s probes port %s, not a container port" % (probe_name, probe[kind]["port"]))
@@ -473,6 +479,15 @@ def check_kubernetes(yaml_path, help_path, binary, materials, root, out):
         fail("kubernetes: the container runs %s" % argv[:1])
     check_flags("kubernetes args", argv, flags)
     values = flag_values(argv)
+    # What answers each probe: gRPC and TCP probes the --listen port, HTTP the metrics server.
+    for probe_name in ("readinessProbe", "livenessProbe"):
+        probe = container.get(probe_name) or {}
+        for kind, flag in (("tcpSocket", "listen"), ("grpc", "listen"), ("httpGet", "metrics-listen")):
+            if kind in probe:
+                port = port_names.get(probe[kind]["port"], probe[kind]["port"])
+                if not values.get(flag, "").endswith(":%s" % port):
+                    fail("kubernetes: %s %s probes port %s, but --%s is %s"
+                         % (probe_name, kind, port, flag, values.get(flag)))
     if "client-secret" in values:
         fail("kubernetes: a secret on the command line (--client-secret)")
     grace = int(values.get("shutdown-grace-seconds", "10"))
@@ -545,6 +560,7 @@ def check_kubernetes(yaml_path, help_path, binary, materials, root, out):
         fail("kubernetes: --state-dir %s is not a mounted volume" % state)
     done()
     write_lines(out, remapped)
+    write_lines(out + ".probes", http_probes)
     write_lines(out + ".env", ["%s=%s" % (v["name"], v.get("value", "")) for v in container.get("env", [])])
     print("kubernetes: %s; container args %s" % (", ".join(sorted("%s/%s" % (k, n) for k in by_kind for n in by_kind[k])),
                                                 " ".join(argv[1:])))

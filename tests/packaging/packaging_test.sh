@@ -101,6 +101,7 @@ serve() {
     if [ "$next_is_listen" = 1 ]; then arg=127.0.0.1:0; next_is_listen=0
     elif [ "$arg" = --listen ]; then next_is_listen=1
     elif [[ "$arg" == --listen=* ]]; then arg=--listen=127.0.0.1:0
+    elif [[ "$arg" == --metrics-listen=* ]]; then arg=--metrics-listen=127.0.0.1:$metrics_port
     fi
     args+=("$arg")
   done <"$argv_file"
@@ -145,13 +146,31 @@ grep -q "configuration reloaded" "$work/unit.log" || fail "SIGHUP did not reload
 stop unit
 echo "unit: its ExecStart served a quarantine over TLS, journal in \$STATE_DIRECTORY, SIGHUP reloaded, SIGTERM exit 0"
 
+# The installed examples as the plugin reads them (their credential paths moved to ours):
+# --config plugin.json (a client secret and a client certificate) and --authz authz.json.
+examples="$prefix/share/doc/defender-plugin/examples"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=fabrikam -keyout "$work/fabrikam.key" \
+  -out "$work/fabrikam.crt" 2>/dev/null || fail "openssl req fabrikam"
+cat "$work/fabrikam.key" "$work/fabrikam.crt" >"$materials/fabrikam.pem"
+printf 'soar-%s\n' "$RANDOM$RANDOM" >"$materials/soar-token"
+for example in plugin.json authz.json; do
+  sed "s#/run/credentials/defender-plugin.service#$materials#g" "$examples/$example" >"$work/$example"
+done
+printf '%s\n' "$prefix/bin/defender-plugin" --listen 127.0.0.1:0 --tls-cert "$materials/tls.crt" \
+  --tls-key "$materials/tls.key" --client-ca "$work/runner.crt" --config "$work/plugin.json" \
+  --authz "$work/authz.json" --state-dir "$work/examples-state" >"$work/examples.argv"
+serve examples "$work/examples.argv"
+stop examples
+echo "examples: plugin.json and authz.json load"
+
 # --- the Dockerfile.
 ctx="$work/docker-context"
 mkdir "$ctx"
 check docker "$SRC/packaging/docker/Dockerfile" "$SRC" "$dest" "$ctx" "$work/defender-plugin.help" \
   "$work/docker.argv" || fail "Dockerfile checks"
-# The builder's `cmake -S . -DDEFENDER_BUILD_TESTS=OFF` on exactly what it copies.
-cmake -S "$ctx" -B "$ctx/build" -DDEFENDER_BUILD_TESTS=OFF >"$work/docker-configure.log" 2>&1 \
+# The builder's configure (its -D options) on exactly what it copies.
+mapfile -t cmake_args <"$work/docker.argv.cmake-args"
+cmake -S "$ctx" -B "$ctx/build" "${cmake_args[@]}" >"$work/docker-configure.log" 2>&1 \
   || fail "the Docker builder's sources do not configure: $(tail -n 5 "$work/docker-configure.log")"
 [ -x "$ctx/scripts/build" ] && [ -x "$ctx/scripts/install-deps" ] || fail "the builder lacks scripts/"
 check libs "$work/docker.argv.packages" "$dest/usr/bin/defender-plugin" "$dest/usr/bin/defenderctl" \
@@ -176,7 +195,16 @@ k8s="$work/k8s-root"
 check kubernetes "$SRC/packaging/kubernetes/defender-plugin.yaml" "$work/defender-plugin.help" \
   "$dest/usr/bin/defender-plugin" "$materials" "$k8s" "$work/k8s.argv" || fail "Kubernetes checks"
 sed -i "1s#^/usr/bin/#$dest/usr/bin/#" "$work/k8s.argv"
+metrics_port="$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 serve k8s "$work/k8s.argv" $(cat "$work/k8s.argv.env")
+# The liveness probe's HTTP GET, on the metrics port.
+while read -r probe_port probe_path; do
+  [ "$probe_port" = metrics ] || fail "an HTTP probe on port $probe_port, not the metrics port"
+  /usr/bin/python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+    "http://127.0.0.1:$metrics_port$probe_path" \
+    || fail "the pod's HTTP probe GET $probe_path fails"
+done <"$work/k8s.argv.probes"
+[ -s "$work/k8s.argv.probes" ] || fail "no HTTP probe was checked"
 grep -q "over mutual TLS" "$work/k8s.log" || fail "the pod's plugin does not serve mutual TLS"
 port="$(cat "$work/k8s.port")"
 quarantine "$port" 3333333333333333333333333333333333333333 --tls-ca "$materials/tls.crt" \
