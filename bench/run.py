@@ -373,6 +373,18 @@ def main():
         ("one token request per tenant per lifetime (2 tenants)",
          tokens["plugin_token_requests"] == 2),
     ]
+    # What metrics and the per-RPC log line cost, beside their baselines.
+    obs_out = subprocess.run([os.path.join(args.build_dir, "bench", "observability-bench")],
+                             check=True, stdout=subprocess.PIPE, text=True).stdout
+    print()
+    print("\n".join(obs_out.strip().splitlines()[:-1]))
+    obs = json.loads(obs_out.strip().splitlines()[-1])
+    cpu_per_call_us = 1e6 / max(rps(64, "plugin"), 1) * 2  # both cores busy at 64 callers
+    obs_share = (obs["metrics_prometheus_ns"] + obs["log_json_ns"]) / 1000 / cpu_per_call_us
+    print(f"  metrics + JSON line: {obs_share * 100:.1f}% of a call's CPU at 64 callers "
+          f"(~{cpu_per_call_us:.0f} us of 2 cores per answered call)")
+    targets.append(("metrics + log line <= 5% of a call's CPU", obs_share <= 0.05))
+
     print("\nTargets:")
     for name, ok in targets:
         print(f"  [{'met ' if ok else 'MISS'}] {name}")

@@ -186,8 +186,8 @@ void RequestLedger::Execute(journal::Entry entry, absl::Time maybe_sent_since, W
         // The action exists (or failed) at Defender whatever the journal
         // says: the caller still hears the truth, the operator hears of the
         // journal.
-        Log("ERROR", absl::StrCat("journal entry ", id, " could not record its outcome: ",
-                                  written.message()));
+        Log(LogLevel::kError, "the journal could not record an action's outcome",
+            {{"journal_entry", int64_t{id}}, {"error", std::string(written.message())}});
       }
       Settle(key, std::move(action), false);
     });

@@ -107,4 +107,13 @@ if /usr/bin/python3 -c "import requests" 2>/dev/null; then
   [ "$(field "$work/python.json" "['errors']")" = "{}" ] || fail "python: $(cat "$work/python.json")"
   [ "$(field "$work/python.json" "['ok'] > 0")" = True ] || fail "python answered nothing"
 fi
+# The observability micro-benchmark: every figure measured, its bytes formatted.
+"$BIN/bench/observability-bench" --iterations 1000 >"$work/obs.txt" || fail "observability-bench failed"
+/usr/bin/python3 - "$work/obs.txt" <<'PY' || fail "observability-bench: $(cat "$work/obs.txt")"
+import json, sys
+d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+assert d["iterations"] == 1000, d
+assert d["bytes"] > 1000 * 2 * 300, d  # a JSON and a text line of over 300 bytes each time
+assert all(d[k] > 0 for k in ("metrics_prometheus_ns", "log_json_ns", "log_text_ns")), d
+PY
 echo "bench smoke test passed"
