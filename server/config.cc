@@ -28,6 +28,7 @@ struct RawSettings {
   bool insecure_listen = false;
   std::string authz_file;
   std::string port_file;
+  bool go_plugin = false;  // read by ReadGoPluginEnvironment; accepted here
   std::string metrics_listen, log_level, log_format;
   std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
@@ -73,6 +74,9 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                   "json|text");
   flags.AddString("port-file", &raw.port_file,
                   "write the bound port to FILE once serving (for --listen HOST:0)", "FILE");
+  flags.AddBool("go-plugin", &raw.go_plugin,
+                "serve as a HashiCorp go-plugin subprocess (also when "
+                "DEFENDER_PLUGIN_MAGIC_COOKIE is set); see README");
   flags.AddString("config", &raw.config_file,
                   "tenants from this JSON file (DEFENDER_CONFIG_FILE); see README", "FILE");
   flags.AddString("tenant-id", &raw.tenant_id, "Entra tenant id (AZURE_TENANT_ID)", "ID");
@@ -192,6 +196,21 @@ EnvLookup ProcessEnvironment() {
     if (value == nullptr) return absl::nullopt;
     return std::string(value);
   };
+}
+
+GoPluginEnvironment ReadGoPluginEnvironment(int argc, const char* const* argv,
+                                            const EnvLookup& env) {
+  GoPluginEnvironment plugin;
+  plugin.magic_cookie = env(kGoPluginMagicCookieKey);
+  plugin.requested = plugin.magic_cookie.has_value();
+  for (int i = 1; i < argc; ++i) {
+    if (absl::string_view(argv[i]) == "--go-plugin") plugin.requested = true;
+  }
+  plugin.protocol_versions = env("PLUGIN_PROTOCOL_VERSIONS");
+  plugin.min_port = Pick("", env, "PLUGIN_MIN_PORT");
+  plugin.max_port = Pick("", env, "PLUGIN_MAX_PORT");
+  plugin.client_certificate_pem = Pick("", env, "PLUGIN_CLIENT_CERT");
+  return plugin;
 }
 
 std::string ConfigUsage() {

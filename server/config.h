@@ -30,6 +30,8 @@
 //   (flag only)            --insecure-listen     plaintext on a non-loopback address
 //   (flag only)            --shutdown-grace-seconds  in-flight calls' time at SIGTERM
 //   (flag only)            --port-file FILE      write the bound port there once serving
+//   (flag only)            --go-plugin           go-plugin mode (server/go_plugin.h; also
+//                                                when DEFENDER_PLUGIN_MAGIC_COOKIE is set)
 // A missing or invalid setting is INVALID_ARGUMENT naming the setting (never
 // the value of a secret).
 #ifndef DEFENDER_SERVER_CONFIG_H_
@@ -139,6 +141,25 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
 
 // ConfigUsage is the --help text.
 std::string ConfigUsage();
+
+// kGoPluginMagicCookieKey is the variable a HashiCorp go-plugin host sets
+// (its HandshakeConfig.MagicCookieKey); server/go_plugin.h has the value.
+inline constexpr char kGoPluginMagicCookieKey[] = "DEFENDER_PLUGIN_MAGIC_COOKIE";
+
+// GoPluginEnvironment is what a go-plugin host sets when it launches the
+// plugin; only server/go_plugin.cc interprets it.
+struct GoPluginEnvironment {
+  bool requested = false;  // --go-plugin given, or DEFENDER_PLUGIN_MAGIC_COOKIE set
+  absl::optional<std::string> magic_cookie;  // DEFENDER_PLUGIN_MAGIC_COOKIE
+  absl::optional<std::string> protocol_versions;  // PLUGIN_PROTOCOL_VERSIONS ("1,2")
+  std::string min_port, max_port;                 // PLUGIN_MIN_PORT, PLUGIN_MAX_PORT
+  std::string client_certificate_pem;             // PLUGIN_CLIENT_CERT (AutoMTLS)
+};
+
+// ReadGoPluginEnvironment reads go-plugin's variables and --go-plugin. It
+// needs no other setting, so the cookie can be checked before LoadConfig.
+GoPluginEnvironment ReadGoPluginEnvironment(int argc, const char* const* argv,
+                                            const EnvLookup& env);
 
 }  // namespace defender
 

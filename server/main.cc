@@ -6,13 +6,17 @@
 // read the configuration again and swap in its tenants without dropping calls
 // (a bad new configuration keeps the running one and says why). SIGTERM or
 // SIGINT: stop accepting, let in-flight calls finish (bounded), exit 0.
+// Launched by a HashiCorp go-plugin host (DEFENDER_PLUGIN_MAGIC_COOKIE set, or
+// --go-plugin): go-plugin mode, server/go_plugin.h.
 #include <signal.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "server/config.h"
+#include "server/go_plugin.h"
 #include "server/log.h"
 #include "server/plugin_server.h"
 
@@ -24,6 +28,25 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  // go-plugin mode: the host's cookie and protocol version are checked first,
+  // as go-plugin does; GRPCController.Shutdown drains like SIGTERM.
+  const defender::GoPluginEnvironment go_plugin_env =
+      defender::ReadGoPluginEnvironment(argc, argv, defender::ProcessEnvironment());
+  std::unique_ptr<defender::GoPluginMode> go_plugin;
+  if (go_plugin_env.requested) {
+    if (!defender::CheckGoPluginCookie(go_plugin_env).ok()) {
+      std::cerr << defender::kGoPluginNotAPluginMessage;
+      return 1;
+    }
+    absl::StatusOr<std::unique_ptr<defender::GoPluginMode>> mode =
+        defender::GoPluginMode::Prepare(go_plugin_env, [] { kill(getpid(), SIGTERM); });
+    if (!mode.ok()) {
+      std::cerr << "defender-plugin: " << mode.status().message() << "\n";
+      return 1;
+    }
+    go_plugin = *std::move(mode);
+  }
 
   // Configuration: flags and environment, validated once.
   absl::StatusOr<defender::PluginConfig> config =
@@ -40,14 +63,21 @@ int main(int argc, char** argv) {
   defender::SetLogOptions(config->log);
 
   // The adapters and the gRPC server.
+  defender::ServerOptions server_options;
+  if (go_plugin != nullptr) {
+    config->listen = go_plugin->listen();
+    server_options = go_plugin->server_options();
+  }
   absl::StatusOr<std::unique_ptr<defender::PluginServer>> server =
-      defender::PluginServer::Start(*config);
+      defender::PluginServer::Start(*config, std::move(server_options));
   if (!server.ok()) {
     std::cerr << "defender-plugin: " << server.status().message() << "\n";
     return 1;
   }
   const std::string host = config->listen.substr(0, config->listen.rfind(':'));
-  const char* transport = config->tls_cert_pem.empty()     ? "plaintext"
+  const char* transport = go_plugin != nullptr && go_plugin->auto_mtls()
+                              ? "mutual TLS (go-plugin AutoMTLS)"
+                          : config->tls_cert_pem.empty()  ? "plaintext"
                           : config->client_ca_pem.empty() ? "TLS"
                                                           : "mutual TLS";
   defender::Log("INFO", absl::StrCat("defender-plugin serving defender.v1.ResponseService on ",
@@ -69,10 +99,21 @@ int main(int argc, char** argv) {
   if (!config->port_file.empty()) {
     std::ofstream(config->port_file) << (*server)->port() << "\n";
   }
+  if (go_plugin != nullptr) {
+    // The handshake line: the first and only thing on stdout.
+    std::cout << go_plugin->HandshakeLine((*server)->port()) << std::flush;
+  }
 
   // Wait for SIGTERM/SIGINT, then drain; SIGHUP reloads.
   int signal_number = 0;
-  while (sigwait(&stop_signals, &signal_number) == 0 && signal_number == SIGHUP) {
+  while (sigwait(&stop_signals, &signal_number) == 0 &&
+         (signal_number == SIGHUP || (go_plugin != nullptr && signal_number == SIGINT))) {
+    if (signal_number == SIGINT) {
+      // As go-plugin's own plugins: a Ctrl-C in the host's terminal reaches
+      // the plugin too, and the host decides when its plugin stops.
+      defender::Log("INFO", "go-plugin mode: SIGINT ignored (the host stops the plugin)");
+      continue;
+    }
     absl::StatusOr<defender::PluginConfig> reloaded =
         defender::LoadConfig(argc, argv, defender::ProcessEnvironment());
     absl::Status swapped = reloaded.ok() ? (*server)->Reload(*reloaded) : reloaded.status();

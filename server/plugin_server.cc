@@ -28,8 +28,10 @@ std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const PluginConfig&
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginConfig& config) {
+absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginConfig& config,
+                                                                 ServerOptions options) {
   std::unique_ptr<PluginServer> server(new PluginServer());
+  server->options_ = std::move(options);
   // Metrics first: every part below reports to them.
   server->metrics_ = std::make_unique<PrometheusMetrics>();
   if (!config.metrics_listen.empty()) {
@@ -83,8 +85,12 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, ListenerCredentials(config), &server->port_);
+  builder.AddListeningPort(config.listen,
+                           server->options_.credentials != nullptr ? server->options_.credentials
+                                                                   : ListenerCredentials(config),
+                           &server->port_);
   builder.RegisterService(server->service_.get());
+  for (grpc::Service* extra : server->options_.extra_services) builder.RegisterService(extra);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return MakeError(absl::StatusCode::kUnavailable,
@@ -93,6 +99,9 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   }
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
   health->SetServingStatus(kServiceName, true);
+  for (const std::string& name : server->options_.extra_health_names) {
+    health->SetServingStatus(name, true);
+  }
   health->SetServingStatus(true);
   return server;
 }
@@ -128,6 +137,7 @@ absl::Status PluginServer::Reload(const PluginConfig& config) {
 void PluginServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
+  if (options_.before_drain) options_.before_drain();
   server_->GetHealthCheckService()->SetServingStatus(false);
   // Watches end now, telling their callers to reconnect elsewhere.
   watches_->Close(MakeError(absl::StatusCode::kUnavailable,

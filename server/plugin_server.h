@@ -9,11 +9,15 @@
 #ifndef DEFENDER_SERVER_PLUGIN_SERVER_H_
 #define DEFENDER_SERVER_PLUGIN_SERVER_H_
 
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "adapters/journal/journal.h"
 #include "server/authorization.h"
@@ -30,13 +34,28 @@ namespace defender {
 // kServiceName is the health-checked name of the API service.
 inline constexpr char kServiceName[] = "defender.v1.ResponseService";
 
+// ServerOptions are what a mode of the binary adds to the server the
+// configuration describes (go-plugin mode: server/go_plugin.h).
+struct ServerOptions {
+  // Served besides the ResponseService, health and reflection (not owned:
+  // they must outlive the server).
+  std::vector<grpc::Service*> extra_services;
+  // Health names reported SERVING besides "" and kServiceName.
+  std::vector<std::string> extra_health_names;
+  // The listener's credentials; null: the configuration's (TLS or plaintext).
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  // Runs first in Shutdown (ends streams that would hold the drain).
+  std::function<void()> before_drain;
+};
+
 // PluginServer owns the plugin's object graph and its gRPC server.
 class PluginServer final : public TenantDirectory {
  public:
   // Start builds the plugin from `config` and starts serving. It fails when the
   // adapters refuse the configuration, the journal in config.state_dir cannot
   // be opened, or the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<PluginServer>> Start(const PluginConfig& config);
+  static absl::StatusOr<std::unique_ptr<PluginServer>> Start(const PluginConfig& config,
+                                                             ServerOptions options = {});
 
   // Calls Shutdown(zero) if it has not run.
   ~PluginServer() override;
@@ -77,6 +96,7 @@ class PluginServer final : public TenantDirectory {
   std::shared_ptr<Plugin> plugin_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ResponseServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
+  ServerOptions options_;
   int port_ = 0;
   bool shut_down_ = false;
 };
