@@ -103,8 +103,13 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(const std::string&
 
 absl::StatusOr<std::string> Authorizer::Check(const CallerIdentity& who,
                                               const std::string& tenant) const {
+  std::shared_ptr<const std::vector<Caller>> callers;
+  {
+    absl::MutexLock lock(&mu_);
+    callers = callers_;
+  }
   const Caller* found = nullptr;
-  for (const Caller& caller : callers_) {
+  for (const Caller& caller : *callers) {
     for (const std::string& name : caller.certificate_names) {
       for (const std::string& presented : who.certificate_names) {
         if (name == presented) found = &caller;
@@ -133,6 +138,16 @@ absl::StatusOr<std::string> Authorizer::Check(const CallerIdentity& who,
   return MakeError(absl::StatusCode::kPermissionDenied,
                    absl::StrCat("caller '", found->name, "' may not act on tenant '", tenant, "'"),
                    "CALLER_NOT_ALLOWED", {{"caller", found->name}, {"tenant", tenant}});
+}
+
+void Authorizer::ReplaceWith(Authorizer&& other) {
+  std::shared_ptr<const std::vector<Caller>> callers;
+  {
+    absl::MutexLock lock(&other.mu_);
+    callers = std::move(other.callers_);
+  }
+  absl::MutexLock lock(&mu_);
+  callers_ = std::move(callers);
 }
 
 }  // namespace defender

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 
 namespace defender {
@@ -32,7 +33,8 @@ struct CallerIdentity {
 // IdentityOf reads the caller's identity from a call.
 CallerIdentity IdentityOf(const grpc::CallbackServerContext& context);
 
-// Authorizer decides. Immutable; thread-safe.
+// Authorizer decides. Thread-safe; ReplaceWith swaps its whole map at once
+// (SIGHUP), so a check sees the old map or the new one, never a mix.
 class Authorizer {
  public:
   // Load reads and checks the file: unknown keys, missing names, tenants or
@@ -46,6 +48,9 @@ class Authorizer {
   // Check returns the name of the caller `who` when it may act on `tenant`.
   absl::StatusOr<std::string> Check(const CallerIdentity& who, const std::string& tenant) const;
 
+  // ReplaceWith makes `other`'s map this one's, for every check from now on.
+  void ReplaceWith(Authorizer&& other);
+
  private:
   struct Caller {
     std::string name;
@@ -53,8 +58,10 @@ class Authorizer {
     std::string token;  // "" = none
     std::vector<std::string> tenants;
   };
-  explicit Authorizer(std::vector<Caller> callers) : callers_(std::move(callers)) {}
-  std::vector<Caller> callers_;
+  explicit Authorizer(std::vector<Caller> callers)
+      : callers_(std::make_shared<const std::vector<Caller>>(std::move(callers))) {}
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const std::vector<Caller>> callers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace defender

@@ -123,8 +123,17 @@ std::shared_ptr<api::DefenderClient> PluginServer::Find(absl::string_view name) 
 }
 
 absl::Status PluginServer::Reload(const PluginConfig& config) {
+  // The authorization file is read again too (rotated tokens, new callers);
+  // nothing is swapped unless both it and the tenants are good.
+  std::unique_ptr<Authorizer> authorizer;
+  if (authorizer_ != nullptr && !config.authz_file.empty()) {
+    absl::StatusOr<std::unique_ptr<Authorizer>> loaded = Authorizer::Load(config.authz_file);
+    if (!loaded.ok()) return loaded.status();
+    authorizer = *std::move(loaded);
+  }
   absl::StatusOr<std::shared_ptr<Plugin>> plugin = Plugin::Create(config, *runtime_);
   if (!plugin.ok()) return plugin.status();
+  if (authorizer != nullptr) authorizer_->ReplaceWith(std::move(*authorizer));
   std::shared_ptr<Plugin> old;
   {
     absl::MutexLock lock(&mu_);

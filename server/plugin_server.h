@@ -67,9 +67,10 @@ class PluginServer final : public TenantDirectory {
   // metrics are the server's metrics (served on --metrics-listen when set).
   PrometheusMetrics& metrics() { return *metrics_; }
 
-  // Reload swaps in the tenants of `config` (the listen address, CA file and
-  // other process-wide settings keep their start-up values). On an error the
-  // running tenants stay and the error says why. Calls in flight finish with
+  // Reload swaps in the tenants of `config` and, when the server started
+  // with one, the authorization file read again (the listen address, CA file
+  // and other process-wide settings keep their start-up values). On an error
+  // the running tenants and authorization stay and the error says why. Calls in flight finish with
   // the tenants they started with; budgets of unchanged tenants carry over.
   absl::Status Reload(const PluginConfig& config);
 

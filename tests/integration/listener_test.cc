@@ -209,6 +209,34 @@ TEST_F(ListenerTest, AuthorizationMapWithMutualTlsChecksTheCertificatesTenants) 
   EXPECT_EQ(Posts(), 1);
 }
 
+TEST_F(ListenerTest, ReloadReadsTheAuthorizationFileAgainAndKeepsItWhenTheNewOneIsBad) {
+  File token("soar-token-old\n");
+  File authz(absl::StrCat(R"({"callers": [{"name": "soar", "tokenFile": ")", token.path(),
+                          R"(", "tenants": ["*"]}]})"));
+  StartPlugin(/*mutual=*/false, authz.path());
+  std::vector<std::string> flags = {"--listen", "127.0.0.1:0", "--tls-cert", server_cert_.path(),
+                                    "--tls-key", server_key_.path(), "--authz", authz.path()};
+  auto config = testing::LoadTestConfig(flags, env_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(Quarantine(Tls(server_certs_.ca_pem), 1, "soar-token-old").ok());
+
+  // The operator rotates the token, then sends SIGHUP (Reload): the new
+  // token works at once and the old one no longer does.
+  std::ofstream(token.path(), std::ios::trunc) << "soar-token-new\n";
+  ASSERT_TRUE(server_->Reload(*config).ok());
+  EXPECT_TRUE(Quarantine(Tls(server_certs_.ca_pem), 2, "soar-token-new").ok());
+  EXPECT_EQ(Quarantine(Tls(server_certs_.ca_pem), 3, "soar-token-old").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // A broken file is refused with its key named; the running map stays.
+  std::ofstream(authz.path(), std::ios::trunc) << R"({"callers": [{"name": "soar"}]})";
+  absl::Status refused = server_->Reload(*config);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("callers[0]"), std::string::npos) << refused;
+  EXPECT_TRUE(Quarantine(Tls(server_certs_.ca_pem), 4, "soar-token-new").ok());
+  EXPECT_EQ(Posts(), 3);
+}
+
 TEST_F(ListenerTest, UnreadableAuthorizationFileStopsTheStart) {
   auto config = testing::LoadTestConfig(
       {"--listen", "127.0.0.1:0", "--authz", "/nonexistent/authz.json"}, env_);

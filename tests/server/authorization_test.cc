@@ -85,6 +85,25 @@ TEST_F(AuthorizationTest, CallersAreRecognisedByCertificateOrTokenAndLimitedToTh
   EXPECT_THAT(refused.status().message(), HasSubstr("anonymous caller"));
 }
 
+TEST_F(AuthorizationTest, ReplaceWithSwapsTheWholeMap) {
+  auto authz = MustParse(R"({"callers": [
+      {"name": "runner", "certificateNames": ["runner.contoso.com"], "tenants": ["contoso"]}]})");
+  auto next = MustParse(R"({"callers": [
+      {"name": "runner2", "certificateNames": ["runner2.contoso.com"], "tenants": ["*"]}]})");
+  ASSERT_NE(authz, nullptr);
+  ASSERT_NE(next, nullptr);
+  CallerIdentity runner, runner2;
+  runner.certificate_names = {"runner.contoso.com"};
+  runner2.certificate_names = {"runner2.contoso.com"};
+  EXPECT_TRUE(authz->Check(runner, "contoso").ok());
+  EXPECT_FALSE(authz->Check(runner2, "contoso").ok());
+  authz->ReplaceWith(std::move(*next));
+  EXPECT_FALSE(authz->Check(runner, "contoso").ok());
+  auto now = authz->Check(runner2, "fabrikam");
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(*now, "runner2");
+}
+
 TEST_F(AuthorizationTest, BadFilesAreRefusedNamingTheKey) {
   const std::string missing_token_file = absl::StrCat(::testing::TempDir(), "no-such-token");
   struct Case {
