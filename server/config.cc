@@ -28,8 +28,9 @@ struct RawSettings {
   bool insecure_listen = false;
   std::string authz_file;
   std::string port_file;
-  bool go_plugin = false;  // read by ReadGoPluginEnvironment; accepted here
   std::string metrics_listen, log_level, log_format;
+  int tls_reload_seconds = 60;
+  bool go_plugin = false;  // read by ReadGoPluginEnvironment; accepted here
   std::string config_file;
   std::string tenant_id, client_id, client_secret, client_secret_file;
   std::string authority_host, region, api_url, scope, ca_file;
@@ -62,6 +63,9 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                   "FILE");
   flags.AddBool("insecure-listen", &raw.insecure_listen,
                 "allow plaintext on a non-loopback --listen address (logged as a warning)");
+  flags.AddInt("tls-reload-seconds", &raw.tls_reload_seconds,
+               "how often the --tls-cert, --tls-key and --client-ca files are checked for "
+               "renewed ones (DEFENDER_TLS_RELOAD_SECONDS; 60)");
   flags.AddString("metrics-listen", &raw.metrics_listen,
                   "serve Prometheus metrics on http://HOST:PORT/metrics (DEFENDER_METRICS_LISTEN; "
                   "off by default)",
@@ -268,11 +272,14 @@ absl::Status LoadListenerTls(const RawSettings& raw, const EnvLookup& env, Plugi
     if (!key_pem.ok()) return key_pem.status();
     config.tls_cert_pem = *std::move(cert_pem);
     config.tls_key_pem = *std::move(key_pem);
+    config.tls_cert_file = cert;
+    config.tls_key_file = key;
   }
   if (!client_ca.empty()) {
     absl::StatusOr<std::string> ca_pem = ReadPem(client_ca, "--client-ca", "CERTIFICATE");
     if (!ca_pem.ok()) return ca_pem.status();
     config.client_ca_pem = *std::move(ca_pem);
+    config.client_ca_file = client_ca;
   }
   config.insecure_listen = raw.insecure_listen;
   if (cert.empty() && !IsLoopbackListen(config.listen) && !raw.insecure_listen) {
@@ -308,6 +315,16 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
     return ConfigError("--listen must be HOST:PORT");
   }
   if (absl::Status tls = LoadListenerTls(raw, env, config); !tls.ok()) return tls;
+  int tls_reload_seconds = 0;
+  if (absl::Status picked = PickInt(flags, "tls-reload-seconds", raw.tls_reload_seconds, env,
+                                    "DEFENDER_TLS_RELOAD_SECONDS", &tls_reload_seconds);
+      !picked.ok()) {
+    return picked;
+  }
+  if (tls_reload_seconds < 1) {
+    return ConfigError("DEFENDER_TLS_RELOAD_SECONDS (--tls-reload-seconds) must be >= 1");
+  }
+  config.tls_reload_interval = absl::Seconds(tls_reload_seconds);
   config.authz_file = Pick(raw.authz_file, env, "DEFENDER_AUTHZ_FILE");
   config.metrics_listen = Pick(raw.metrics_listen, env, "DEFENDER_METRICS_LISTEN");
   if (!config.metrics_listen.empty() && config.metrics_listen.find(':') == std::string::npos) {

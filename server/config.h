@@ -88,6 +88,12 @@ struct PluginConfig {
   // key (--tls-cert, --tls-key), and the CAs whose client certificates are
   // required (--client-ca; "" = no client certificate asked).
   std::string tls_cert_pem, tls_key_pem, client_ca_pem;
+  // Their files, read again every tls_reload_interval while serving: a
+  // renewed certificate, key or CA (cert-manager, certbot) is served with no
+  // restart. The pair must be replaced atomically (gRPC 1.51 serves a
+  // mismatched pair, which fails every handshake until it agrees again).
+  std::string tls_cert_file, tls_key_file, client_ca_file;
+  absl::Duration tls_reload_interval = absl::Seconds(60);
   // Plaintext on a non-loopback address was asked for (--insecure-listen).
   bool insecure_listen = false;
   // The caller authorization file (--authz, DEFENDER_AUTHZ_FILE; server/

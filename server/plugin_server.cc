@@ -1,7 +1,9 @@
 #include "server/plugin_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "adapters/common/error.h"
@@ -9,6 +11,8 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
 
 namespace defender {
@@ -16,14 +20,35 @@ namespace defender {
 namespace {
 
 // ListenerCredentials: TLS (and mutual TLS) when configured, else plaintext.
+// The certificate, key and client CA are served from their files, which
+// gRPC's FileWatcherCertificateProvider reads at once and then again every
+// tls_reload_interval: a renewed certificate needs no restart. (gRPC 1.51
+// does not check that a new key matches its certificate: a renewal must
+// replace both at once, as a Kubernetes Secret volume does.) Files without their PEM contents (tests building a config by hand) are
+// served from the contents.
 std::shared_ptr<grpc::ServerCredentials> ListenerCredentials(const PluginConfig& config) {
   if (config.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions options(
-      config.client_ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                   : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  options.pem_root_certs = config.client_ca_pem;
-  options.pem_key_cert_pairs.push_back({config.tls_key_pem, config.tls_cert_pem});
-  return grpc::SslServerCredentials(options);
+  const bool mutual = !config.client_ca_pem.empty();
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
+  if (!config.tls_cert_file.empty() && !config.tls_key_file.empty() &&
+      (!mutual || !config.client_ca_file.empty())) {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        config.tls_key_file, config.tls_cert_file, mutual ? config.client_ca_file : "",
+        static_cast<unsigned int>(
+            std::max<int64_t>(1, absl::ToInt64Seconds(config.tls_reload_interval))));
+  } else {
+    provider = std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+        mutual ? config.client_ca_pem : "",
+        std::vector<grpc::experimental::IdentityKeyCertPair>{
+            {config.tls_key_pem, config.tls_cert_pem}});
+  }
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (mutual) options.watch_root_certs();
+  options.set_cert_request_type(mutual
+                                    ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                    : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  return grpc::experimental::TlsServerCredentials(options);
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
 // The plugin's own door: its listener over TLS and mutual TLS, end to end
 // with real gRPC clients, against the sandbox.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -70,9 +72,13 @@ class ListenerTest : public ::testing::Test {
             {"DEFENDER_CA_FILE", sandbox_ca_->path()}};
   }
 
-  void StartPlugin(bool mutual, const std::string& authz_file = "") {
-    std::vector<std::string> flags = {"--listen", "127.0.0.1:0", "--tls-cert", server_cert_.path(),
-                                      "--tls-key", server_key_.path()};
+  void StartPlugin(bool mutual, const std::string& authz_file = "",
+                   std::vector<std::string> flags = {}) {
+    for (const std::string& flag : {std::string("--listen"), std::string("127.0.0.1:0"),
+                                    std::string("--tls-cert"), server_cert_.path(),
+                                    std::string("--tls-key"), server_key_.path()}) {
+      flags.push_back(flag);
+    }
     if (mutual) {
       flags.push_back("--client-ca");
       flags.push_back(client_ca_.path());
@@ -235,6 +241,69 @@ TEST_F(ListenerTest, ReloadReadsTheAuthorizationFileAgainAndKeepsItWhenTheNewOne
   EXPECT_NE(refused.message().find("callers[0]"), std::string::npos) << refused;
   EXPECT_TRUE(Quarantine(Tls(server_certs_.ca_pem), 4, "soar-token-new").ok());
   EXPECT_EQ(Posts(), 3);
+}
+
+// SecretVolume lays out TLS files as a Kubernetes Secret volume does: each
+// file a symlink through "..data", a symlink to the current version's
+// directory, which a renewal swaps in one rename.
+class SecretVolume {
+ public:
+  SecretVolume() {
+    dir_ = absl::StrCat(::testing::TempDir(), "listener_secret_", getpid(), "_",
+                        absl::ToUnixNanos(absl::Now()));
+    ::mkdir(dir_.c_str(), 0700);
+    for (const char* name : {"tls.crt", "tls.key", "ca.crt"}) {
+      ::symlink(absl::StrCat("..data/", name).c_str(), Path(name).c_str());
+    }
+  }
+  ~SecretVolume() { std::system(absl::StrCat("rm -rf '", dir_, "'").c_str()); }
+  std::string Path(const std::string& name) const { return absl::StrCat(dir_, "/", name); }
+
+  // Publish writes a new version and swaps it in atomically.
+  void Publish(const std::string& cert, const std::string& key, const std::string& ca) {
+    const std::string version = absl::StrCat("..v", ++versions_);
+    ::mkdir(Path(version).c_str(), 0700);
+    std::ofstream(Path(version + "/tls.crt")) << cert;
+    std::ofstream(Path(version + "/tls.key")) << key;
+    std::ofstream(Path(version + "/ca.crt")) << ca;
+    ::symlink(version.c_str(), Path("..data_tmp").c_str());
+    ::rename(Path("..data_tmp").c_str(), Path("..data").c_str());
+  }
+
+ private:
+  std::string dir_;
+  int versions_ = 0;
+};
+
+TEST_F(ListenerTest, RenewedCertificateAndClientCaAreServedWithoutARestart) {
+  SecretVolume volume;
+  volume.Publish(server_certs_.cert_pem, server_certs_.key_pem, client_certs_.ca_pem);
+  auto config = testing::LoadTestConfig(
+      {"--listen", "127.0.0.1:0", "--tls-cert", volume.Path("tls.crt"), "--tls-key",
+       volume.Path("tls.key"), "--client-ca", volume.Path("ca.crt"), "--tls-reload-seconds", "1"},
+      env_);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto server = PluginServer::Start(*config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  ASSERT_TRUE(Quarantine(Tls(server_certs_.ca_pem, &client_certs_), 1).ok());
+
+  // The certificate is renewed under a new CA and the client CA moves to a
+  // new one: within a few refreshes the plugin serves the new certificate
+  // and takes only clients of the new CA.
+  const sandbox::CertBundle renewed = MustGenerate({"127.0.0.1"}, "serverAuth");
+  const sandbox::CertBundle new_clients = MustGenerate({"runner-2.contoso.com"}, "clientAuth");
+  volume.Publish(renewed.cert_pem, renewed.key_pem, new_clients.ca_pem);
+  grpc::Status renewed_status = grpc::Status::CANCELLED;
+  for (int i = 0; i < 100 && !renewed_status.ok(); ++i) {
+    renewed_status = Quarantine(Tls(renewed.ca_pem, &new_clients), 10 + i);
+    if (!renewed_status.ok()) absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(renewed_status.ok()) << renewed_status.error_message();
+  EXPECT_EQ(Quarantine(Tls(server_certs_.ca_pem, &client_certs_), 200).error_code(),
+            grpc::StatusCode::UNAVAILABLE);  // the old certificate is no longer served
+  EXPECT_EQ(Quarantine(Tls(renewed.ca_pem, &client_certs_), 201).error_code(),
+            grpc::StatusCode::UNAVAILABLE);  // nor the old client CA trusted
 }
 
 TEST_F(ListenerTest, UnreadableAuthorizationFileStopsTheStart) {

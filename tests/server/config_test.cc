@@ -394,9 +394,18 @@ TEST_F(ConfigTest, ListenerTlsFilesAreReadAndChecked) {
   EXPECT_EQ(config->tls_key_pem, kKey);
   EXPECT_EQ(config->client_ca_pem, "");
 
-  config = Load({"--tls-cert", cert.path(), "--tls-key", key.path(), "--client-ca", ca.path()});
+  EXPECT_EQ(config->tls_cert_file, cert.path());  // watched while serving
+  EXPECT_EQ(config->tls_key_file, key.path());
+  EXPECT_EQ(config->tls_reload_interval, absl::Seconds(60));
+
+  config = Load({"--tls-cert", cert.path(), "--tls-key", key.path(), "--client-ca", ca.path(),
+                 "--tls-reload-seconds", "5"});
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->client_ca_pem, kCert);
+  EXPECT_EQ(config->client_ca_file, ca.path());
+  EXPECT_EQ(config->tls_reload_interval, absl::Seconds(5));
+  EXPECT_EQ(Load({"--tls-reload-seconds", "0"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 
   // The same from the environment.
   env_["DEFENDER_TLS_CERT"] = cert.path();
