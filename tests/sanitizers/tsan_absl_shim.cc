@@ -10,18 +10,31 @@
 // How: the executable (linked with -rdynamic) defines the same symbols, so the
 // dynamic linker binds every caller to these definitions: our code, gRPC, and
 // libabsl_synchronization.so itself (its internal calls go through the PLT).
-// Each one tells TSan what the real function does, with the annotations Abseil
-// itself uses when it is built with TSan (mutex.cc's ABSL_TSAN_MUTEX_*), and
-// calls the real function found with dlsym(RTLD_NEXT, mangled name). Accesses
-// between pre_* and post_* are ignored by TSan, as in Abseil's own build: this
-// covers the Condition functions the real code evaluates on whichever thread
-// releases the mutex.
+// Each one calls the real function (dlsym(RTLD_NEXT, mangled name)) and tells
+// TSan the happens-before edges a mutex makes: every release of the mutex
+// (Unlock, ReaderUnlock, the unlock inside Await and CondVar::Wait) is a
+// __tsan_release on its address, every acquisition (Lock, ReaderLock, a
+// successful TryLock, LockWhen*, the relock after a wait) an __tsan_acquire.
+// Memory accesses inside the real call are ignored: they are the Condition
+// functions Abseil evaluates on whichever thread holds or releases the mutex,
+// and they are protected by the real lock.
+//
+// We first used the lock-state annotations Abseil's own TSan build uses
+// (__tsan_mutex_pre_lock/post_lock/pre_unlock/post_unlock): clang 14's TSan
+// then reported, now and then, "double lock" / "destroy of a locked mutex"
+// for mutexes every thread had unlocked (a Notification after a contended
+// LockWhen). Plain release/acquire has no such state and gives the same
+// edges; what it gives up is TSan's lock-order (deadlock) checking and the
+// "mutexes held" lines in reports. Readers are synchronized with each other
+// too (a reader's release reaches the next reader), which is stronger than
+// needed but hides no write race: a write under a reader lock races with the
+// writer-locked accesses regardless.
 //
 // The shim only adds synchronization that really exists; it never hides an
 // access. tests/sanitizers/tsan_shim_test.cc checks both directions: guarded
 // accesses pass, an unguarded one is reported.
 #include <dlfcn.h>
-#include <sanitizer/tsan_interface.h>
+#include <sanitizer/tsan_interface.h>  // __tsan_acquire, __tsan_release
 
 #include <cstdio>
 #include <cstdlib>
@@ -55,6 +68,17 @@ Fn RealAs(const char* mangled) {
 
 using KernelTimeout = absl::synchronization_internal::KernelTimeout;
 
+// While a real call runs, this thread's memory accesses are not checked (see
+// above); synchronization still is.
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
+struct IgnoreAccesses {
+  IgnoreAccesses() { __tsan_ignore_thread_begin(); }
+  ~IgnoreAccesses() { __tsan_ignore_thread_end(); }
+  IgnoreAccesses(const IgnoreAccesses&) = delete;
+  IgnoreAccesses& operator=(const IgnoreAccesses&) = delete;
+};
+
 // Notification's atomic flag follows its mutex (notification.h: `Mutex mutex_;
 // std::atomic<bool> notified_yet_;`). HasBeenNotified() is inline, so our
 // instrumented code acquire-loads that flag; the release store happens in the
@@ -81,124 +105,110 @@ ABSL_NAMESPACE_BEGIN
 // The mangled names below are those of Debian's Abseil 20220623 (inline
 // namespace "debian3"); a mismatch aborts at the first call, never silently.
 
-Mutex::~Mutex() {
-  static const auto real = RealAs<void (*)(Mutex*)>("_ZN4absl7debian35MutexD1Ev");
-  __tsan_mutex_destroy(this, __tsan_mutex_not_static);
-  real(this);
-}
-
 void Mutex::Lock() {
   static const auto real = RealAs<void (*)(Mutex*)>("_ZN4absl7debian35Mutex4LockEv");
-  __tsan_mutex_pre_lock(this, 0);
-  real(this);
-  __tsan_mutex_post_lock(this, 0, 0);
+  { IgnoreAccesses ignore; real(this); }
+  __tsan_acquire(this);
 }
 
 void Mutex::ReaderLock() {
   static const auto real = RealAs<void (*)(Mutex*)>("_ZN4absl7debian35Mutex10ReaderLockEv");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  real(this);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  { IgnoreAccesses ignore; real(this); }
+  __tsan_acquire(this);
 }
 
 bool Mutex::TryLock() {
   static const auto real = RealAs<bool (*)(Mutex*)>("_ZN4absl7debian35Mutex7TryLockEv");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
-  const bool locked = real(this);
-  __tsan_mutex_post_lock(
-      this, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+  bool locked;
+  { IgnoreAccesses ignore; locked = real(this); }
+  if (locked) __tsan_acquire(this);
   return locked;
 }
 
 bool Mutex::ReaderTryLock() {
   static const auto real = RealAs<bool (*)(Mutex*)>("_ZN4absl7debian35Mutex13ReaderTryLockEv");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_try_read_lock);
-  const bool locked = real(this);
-  __tsan_mutex_post_lock(
-      this, __tsan_mutex_try_read_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+  bool locked;
+  { IgnoreAccesses ignore; locked = real(this); }
+  if (locked) __tsan_acquire(this);
   return locked;
 }
 
 void Mutex::Unlock() {
   static const auto real = RealAs<void (*)(Mutex*)>("_ZN4absl7debian35Mutex6UnlockEv");
-  __tsan_mutex_pre_unlock(this, 0);
+  __tsan_release(this);
+  IgnoreAccesses ignore;
   real(this);
-  __tsan_mutex_post_unlock(this, 0);
 }
 
 void Mutex::ReaderUnlock() {
   static const auto real = RealAs<void (*)(Mutex*)>("_ZN4absl7debian35Mutex12ReaderUnlockEv");
-  __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
+  __tsan_release(this);
+  IgnoreAccesses ignore;
   real(this);
-  __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
 }
 
 // LockWhen*: the mutex is held on return whatever the result.
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real = RealAs<void (*)(Mutex*, const Condition&)>(
       "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  __tsan_mutex_pre_lock(this, 0);
-  real(this, cond);
-  __tsan_mutex_post_lock(this, 0, 0);
+  { IgnoreAccesses ignore; real(this, cond); }
+  __tsan_acquire(this);
 }
 
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = RealAs<bool (*)(Mutex*, const Condition&, Duration)>(
       "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  __tsan_mutex_pre_lock(this, 0);
-  const bool met = real(this, cond, timeout);
-  __tsan_mutex_post_lock(this, 0, 0);
+  bool met;
+  { IgnoreAccesses ignore; met = real(this, cond, timeout); }
+  __tsan_acquire(this);
   return met;
 }
 
 bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = RealAs<bool (*)(Mutex*, const Condition&, Time)>(
       "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  __tsan_mutex_pre_lock(this, 0);
-  const bool met = real(this, cond, deadline);
-  __tsan_mutex_post_lock(this, 0, 0);
+  bool met;
+  { IgnoreAccesses ignore; met = real(this, cond, deadline); }
+  __tsan_acquire(this);
   return met;
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   static const auto real = RealAs<void (*)(Mutex*, const Condition&)>(
       "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  real(this, cond);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  { IgnoreAccesses ignore; real(this, cond); }
+  __tsan_acquire(this);
 }
 
 bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = RealAs<bool (*)(Mutex*, const Condition&, Duration)>(
       "_ZN4absl7debian35Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  const bool met = real(this, cond, timeout);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  bool met;
+  { IgnoreAccesses ignore; met = real(this, cond, timeout); }
+  __tsan_acquire(this);
   return met;
 }
 
 bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = RealAs<bool (*)(Mutex*, const Condition&, Time)>(
       "_ZN4absl7debian35Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
-  const bool met = real(this, cond, deadline);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  bool met;
+  { IgnoreAccesses ignore; met = real(this, cond, deadline); }
+  __tsan_acquire(this);
   return met;
 }
 
 // Await, AwaitWithTimeout and AwaitWithDeadline all go through AwaitCommon
 // (via the PLT): the mutex is released while waiting and held again on
-// return. The caller holds it as a writer (our code never awaits under a
-// reader lock).
+// return.
 bool Mutex::AwaitCommon(const Condition& cond, KernelTimeout t) {
   static const auto real = RealAs<bool (*)(Mutex*, const Condition&, KernelTimeout)>(
       "_ZN4absl7debian35Mutex11AwaitCommonERKNS0_9ConditionENS0_24synchronization_"
       "internal13KernelTimeoutE");
-  __tsan_mutex_pre_unlock(this, 0);
-  __tsan_mutex_post_unlock(this, 0);
-  __tsan_mutex_pre_lock(this, 0);
-  const bool met = real(this, cond, t);
-  __tsan_mutex_post_lock(this, 0, 0);
+  __tsan_release(this);
+  bool met;
+  { IgnoreAccesses ignore; met = real(this, cond, t); }
+  __tsan_acquire(this);
   return met;
 }
 
@@ -207,11 +217,10 @@ bool CondVar::WaitCommon(Mutex* mutex, KernelTimeout t) {
   static const auto real = RealAs<bool (*)(CondVar*, Mutex*, KernelTimeout)>(
       "_ZN4absl7debian37CondVar10WaitCommonEPNS0_5MutexENS0_24synchronization_"
       "internal13KernelTimeoutE");
-  __tsan_mutex_pre_unlock(mutex, 0);
-  __tsan_mutex_post_unlock(mutex, 0);
-  __tsan_mutex_pre_lock(mutex, 0);
-  const bool timed_out = real(this, mutex, t);
-  __tsan_mutex_post_lock(mutex, 0, 0);
+  __tsan_release(mutex);
+  bool timed_out;
+  { IgnoreAccesses ignore; timed_out = real(this, mutex, t); }
+  __tsan_acquire(mutex);
   return timed_out;
 }
 

@@ -171,22 +171,29 @@ TEST_F(ManualSchedulerTest, TenThousandTimersFireOnceEachInOrder) {
 // ---- TimerThread: the production one, on the wall clock -------------------
 
 // HoldThread keeps a TimerThread's thread busy in a task until Release(), so
-// that tasks scheduled meanwhile are all queued before any runs.
+// that tasks scheduled meanwhile are all queued before any runs. Its
+// destructor waits until the task has left release_.WaitForNotification():
+// a Notification must outlive every waiter, not only the Notify().
 class HoldThread {
  public:
   explicit HoldThread(TimerThread& timers) {
     timers.RunAt(absl::InfinitePast(), [this] {
       entered_.Notify();
       release_.WaitForNotification();
+      left_.Notify();
     });
     entered_.WaitForNotification();
   }
-  ~HoldThread() { Release(); }
+  ~HoldThread() {
+    Release();
+    left_.WaitForNotification();
+  }
   void Release() {
     if (!release_.HasBeenNotified()) release_.Notify();
   }
 
  private:
+  absl::Notification left_;
   absl::Notification entered_;
   absl::Notification release_;
 };
