@@ -347,6 +347,15 @@ absl::Status Redacted(absl::Status status, const std::string& secret) {
 
 }  // namespace
 
+absl::StatusOr<AccessToken> ParseManagedIdentityResponse(const http::HttpResponse& response,
+                                                         bool app_service, bool user_assigned,
+                                                         absl::Time sent, absl::Time now) {
+  Target target;
+  target.app_service = app_service;
+  target.user_assigned = user_assigned;
+  return ParseAnswer(target, response, sent, now);
+}
+
 absl::StatusOr<std::unique_ptr<ManagedIdentityCredential>> ManagedIdentityCredential::Create(
     ManagedIdentityCredentialOptions options, http::HttpTransport& transport, Clock& clock,
     Scheduler* scheduler) {

@@ -67,6 +67,14 @@
 
 namespace defender::auth {
 
+// ParseManagedIdentityResponse is how the credential reads one answer of the
+// endpoint: a token, or one of the errors above (the transport-level ones
+// aside). `app_service` and `user_assigned` say whom the messages name;
+// `sent` dates expires_in, `now` a Retry-After date. (For tests/fuzz.)
+absl::StatusOr<AccessToken> ParseManagedIdentityResponse(const http::HttpResponse& response,
+                                                         bool app_service, bool user_assigned,
+                                                         absl::Time sent, absl::Time now);
+
 // ManagedIdentityCredentialOptions says which identity to use and where to ask
 // for its tokens.
 struct ManagedIdentityCredentialOptions {

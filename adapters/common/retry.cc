@@ -55,7 +55,11 @@ absl::optional<absl::Duration> ParseRetryAfter(absl::string_view value, absl::Ti
     return absl::Seconds(seconds);
   }
   const absl::optional<absl::Time> when = ParseHttpDate(text, now);
-  if (!when.has_value()) return absl::nullopt;
+  // absl::ParseTime also takes "infinite-future" / "infinite-past" whatever the
+  // format: not an HTTP-date (found by tests/fuzz/retry_after_fuzzer).
+  if (!when.has_value() || *when == absl::InfiniteFuture() || *when == absl::InfinitePast()) {
+    return absl::nullopt;
+  }
   return std::max(*when - now, absl::ZeroDuration());
 }
 

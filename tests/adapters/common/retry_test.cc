@@ -34,7 +34,9 @@ TEST(ParseRetryAfterTest, AbsentOrGarbageIsUnreadable) {
   for (const char* value :
        {"", "   ", "soon", "Sun, 06 Nov 1994", "Sun, 06 Nov 1994 08:49:37",
         "Sun, 06 Nov 1994 08:49:37 GMT trailing", "Sun, 31 Feb 1994 08:49:37 GMT",
-        "Sun, 06 Nov 1994 25:49:37 GMT", "2015-10-21T07:28:00Z"}) {
+        "Sun, 06 Nov 1994 25:49:37 GMT", "2015-10-21T07:28:00Z",
+        // absl::ParseTime's special values, whatever the format (found by fuzzing).
+        "infinite-future", "infinite-past", " infinite-future "}) {
     EXPECT_EQ(ParseRetryAfter(value, now), absl::nullopt) << value;
   }
 }
