@@ -257,7 +257,7 @@ class GoPluginServices::Controller final : public ::plugin::GRPCController::Call
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     if (!asked_.exchange(true)) {
-      Log("INFO", "go-plugin: the host called GRPCController.Shutdown");
+      Log(LogLevel::kInfo, "go-plugin: the host called GRPCController.Shutdown");
       if (on_shutdown_) on_shutdown_();
     }
     return reactor;

@@ -86,11 +86,6 @@ void Log(LogLevel level, absl::string_view message, const LogFields& fields) {
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 
-void Log(absl::string_view level_name, absl::string_view message) {
-  absl::StatusOr<LogLevel> level = ParseLogLevel(level_name);
-  Log(level.ok() ? *level : LogLevel::kInfo, message);
-}
-
 absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view text) {
   const std::string lower = absl::AsciiStrToLower(text);
   if (lower == "debug") return LogLevel::kDebug;

@@ -56,10 +56,6 @@ bool LogEnabled(LogLevel level);
 // record.
 void Log(LogLevel level, absl::string_view message, const LogFields& fields = {});
 
-// Log with a level name ("INFO", "WARN", "ERROR", "DEBUG"): the form older
-// call sites use; prefer the LogLevel one.
-void Log(absl::string_view level_name, absl::string_view message);
-
 // FormatLogRecord is the line Log writes (with its newline), at `time_text`.
 std::string FormatLogRecord(LogFormat format, absl::string_view time_text, LogLevel level,
                             absl::string_view message, const LogFields& fields);

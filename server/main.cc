@@ -80,10 +80,13 @@ int main(int argc, char** argv) {
                           : config->tls_cert_pem.empty()  ? "plaintext"
                           : config->client_ca_pem.empty() ? "TLS"
                                                           : "mutual TLS";
-  defender::Log("INFO", absl::StrCat("defender-plugin serving defender.v1.ResponseService on ",
-                                     host, ":", (*server)->port(), " over ", transport,
-                                     " (region endpoints: ",
-                                     config->tenants[0].endpoints.api_base_url, ")"));
+  defender::Log(defender::LogLevel::kInfo,
+                absl::StrCat("defender-plugin serving defender.v1.ResponseService on ", host, ":",
+                             (*server)->port(), " over ", transport, " (region endpoints: ",
+                             config->tenants[0].endpoints.api_base_url, ")"),
+                {{"port", int64_t{(*server)->port()}},
+                 {"transport", std::string(transport)},
+                 {"api_base_url", config->tenants[0].endpoints.api_base_url}});
   if (!config->metrics_listen.empty()) {
     defender::Log(defender::LogLevel::kInfo, "serving Prometheus metrics",
                   {{"metrics_listen", config->metrics_listen},
@@ -91,9 +94,10 @@ int main(int argc, char** argv) {
                    {"path", std::string("/metrics")}});
   }
   if (config->insecure_listen && config->tls_cert_pem.empty()) {
-    defender::Log("WARN", absl::StrCat("--insecure-listen: serving plaintext on ", config->listen,
-                                       "; anyone who can reach it can quarantine files on your "
-                                       "devices. Serve TLS with --tls-cert/--tls-key/--client-ca"));
+    defender::Log(defender::LogLevel::kWarn,
+                  absl::StrCat("--insecure-listen: serving plaintext on ", config->listen,
+                               "; anyone who can reach it can quarantine files on your devices. "
+                               "Serve TLS with --tls-cert/--tls-key/--client-ca"));
   }
 
   if (!config->port_file.empty()) {
@@ -111,7 +115,8 @@ int main(int argc, char** argv) {
     if (signal_number == SIGINT) {
       // As go-plugin's own plugins: a Ctrl-C in the host's terminal reaches
       // the plugin too, and the host decides when its plugin stops.
-      defender::Log("INFO", "go-plugin mode: SIGINT ignored (the host stops the plugin)");
+      defender::Log(defender::LogLevel::kInfo,
+                    "go-plugin mode: SIGINT ignored (the host stops the plugin)");
       continue;
     }
     absl::StatusOr<defender::PluginConfig> reloaded =
@@ -121,15 +126,19 @@ int main(int argc, char** argv) {
       defender::SetLogOptions(reloaded->log);
       std::string names;
       for (const auto& tenant : reloaded->tenants) absl::StrAppend(&names, " ", tenant.name);
-      defender::Log("INFO", absl::StrCat("SIGHUP: configuration reloaded; tenants:", names));
+      defender::Log(defender::LogLevel::kInfo,
+                    absl::StrCat("SIGHUP: configuration reloaded; tenants:", names));
     } else {
-      defender::Log("ERROR", absl::StrCat("SIGHUP: reload refused, keeping the running "
-                                          "configuration: ", swapped.message()));
+      defender::Log(defender::LogLevel::kError,
+                    absl::StrCat("SIGHUP: reload refused, keeping the running configuration: ",
+                                 swapped.message()));
     }
   }
-  defender::Log("INFO", absl::StrCat("signal ", signal_number, ": draining for at most ",
-                                     absl::FormatDuration(config->shutdown_grace)));
+  defender::Log(defender::LogLevel::kInfo,
+                absl::StrCat("signal ", signal_number, ": draining for at most ",
+                             absl::FormatDuration(config->shutdown_grace)),
+                {{"signal", int64_t{signal_number}}});
   (*server)->Shutdown(config->shutdown_grace);
-  defender::Log("INFO", "stopped");
+  defender::Log(defender::LogLevel::kInfo, "stopped");
   return 0;
 }
