@@ -2,8 +2,6 @@
 // plugin, which goes through real libcurl and TLS to the sandbox; the test
 // reads the plugin's JSON log lines from stderr and scrapes its /metrics
 // over real HTTP.
-#include <curl/curl.h>
-
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -22,6 +20,7 @@
 #include "server/config.h"
 #include "server/log.h"
 #include "server/plugin_server.h"
+#include "tests/http_get.h"
 #include "tests/integration/plugin_harness.h"
 #include "tools/sandbox/sandbox.h"
 
@@ -35,23 +34,10 @@ constexpr char kMachine[] = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
 constexpr char kSha1[] = "87662bc3d60e4200ceaf7aae249d1c343f4b83c9";
 constexpr char kSecret[] = "observability-secret-Q7$x";
 
-size_t Append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
-  return size * count;
-}
-
 // Scrape returns the body of GET http://127.0.0.1:port/metrics.
 std::string Scrape(int port) {
   std::string body;
-  CURL* curl = curl_easy_init();
-  const std::string url = absl::StrCat("http://127.0.0.1:", port, "/metrics");
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 10L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  EXPECT_EQ(curl_easy_perform(curl), CURLE_OK);
-  curl_easy_cleanup(curl);
+  EXPECT_EQ(testing::HttpGet(absl::StrCat("http://127.0.0.1:", port, "/metrics"), &body), 200);
   return body;
 }
 

@@ -2,13 +2,12 @@
 // /metrics endpoint, scraped over real HTTP with libcurl.
 #include "server/metrics.h"
 
-#include <curl/curl.h>
-
 #include <string>
 
 #include "adapters/common/error.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/http_get.h"
 
 namespace defender {
 namespace {
@@ -48,24 +47,7 @@ TEST(PrometheusMetricsTest, EventsBecomeTheDocumentedFamilies) {
   EXPECT_THAT(text, HasSubstr("defender_plugin_build_info{version=\""));
 }
 
-size_t Append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
-  return size * count;
-}
-
-// Get fetches `url`, returning the HTTP status and filling `body`.
-long Get(const std::string& url, std::string* body) {
-  CURL* curl = curl_easy_init();
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 10L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  long status = 0;
-  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_cleanup(curl);
-  return status;
-}
+using testing::HttpGet;
 
 TEST(PrometheusMetricsTest, ServesTheTextFormatOverHttpOnAPickedPort) {
   PrometheusMetrics metrics;
@@ -74,12 +56,12 @@ TEST(PrometheusMetricsTest, ServesTheTextFormatOverHttpOnAPickedPort) {
   ASSERT_GT(metrics.port(), 0);
   metrics.UpstreamAnswered("GetMachineAction", "200", absl::Milliseconds(1));
   std::string body;
-  EXPECT_EQ(Get("http://127.0.0.1:" + std::to_string(metrics.port()) + "/metrics", &body), 200);
+  EXPECT_EQ(HttpGet("http://127.0.0.1:" + std::to_string(metrics.port()) + "/metrics", &body), 200);
   EXPECT_THAT(body, HasSubstr("# TYPE defender_plugin_upstream_requests_total counter"));
   EXPECT_THAT(body, HasSubstr(R"(defender_plugin_upstream_requests_total{endpoint="GetMachineAction",result="200"} 1)"));
   // Only /metrics is served.
   std::string other;
-  EXPECT_EQ(Get("http://127.0.0.1:" + std::to_string(metrics.port()) + "/", &other), 404);
+  EXPECT_EQ(HttpGet("http://127.0.0.1:" + std::to_string(metrics.port()) + "/", &other), 404);
   // Twice is refused.
   EXPECT_EQ(metrics.Serve("127.0.0.1:0").code(), absl::StatusCode::kFailedPrecondition);
 }
