@@ -136,6 +136,21 @@ absl::StatusOr<int> NegotiateGoPluginVersion(const GoPluginEnvironment& env) {
       "GO_PLUGIN_VERSION_MISMATCH");
 }
 
+namespace {
+
+// FirstFreePort is the first port of first..last that 127.0.0.1 can bind.
+absl::StatusOr<int> FirstFreePort(int first, int last, int range_start) {
+  for (int port = std::max(first, 1); port <= last; ++port) {
+    if (CanBind(port)) return port;
+  }
+  return HandshakeError(absl::StatusCode::kUnavailable,
+                        absl::StrCat("go-plugin: no free port on 127.0.0.1 in PLUGIN_MIN_PORT..",
+                                     "PLUGIN_MAX_PORT (", range_start, "-", last, ")"),
+                        "GO_PLUGIN_NO_PORT");
+}
+
+}  // namespace
+
 absl::StatusOr<int> PickGoPluginPort(const GoPluginEnvironment& env) {
   absl::StatusOr<int> min_port = ParsePort(env.min_port, "PLUGIN_MIN_PORT");
   if (!min_port.ok()) return min_port.status();
@@ -148,13 +163,7 @@ absl::StatusOr<int> PickGoPluginPort(const GoPluginEnvironment& env) {
                                        ") is greater than PLUGIN_MAX_PORT (", *max_port, ")"),
                           "GO_PLUGIN_BAD_PORT");
   }
-  for (int port = std::max(*min_port, 1); port <= *max_port; ++port) {
-    if (CanBind(port)) return port;
-  }
-  return HandshakeError(absl::StatusCode::kUnavailable,
-                        absl::StrCat("go-plugin: no free port on 127.0.0.1 in PLUGIN_MIN_PORT..",
-                                     "PLUGIN_MAX_PORT (", *min_port, "-", *max_port, ")"),
-                        "GO_PLUGIN_NO_PORT");
+  return FirstFreePort(*min_port, *max_port, *min_port);
 }
 
 absl::StatusOr<AutoMtlsIdentity> GenerateAutoMtlsIdentity() {
@@ -364,6 +373,7 @@ absl::StatusOr<std::unique_ptr<GoPluginMode>> GoPluginMode::Prepare(
   absl::StatusOr<int> port = PickGoPluginPort(env);
   if (!port.ok()) return port.status();
   mode->port_ = *port;
+  if (*port != 0) mode->max_port_ = *ParsePort(env.max_port, "PLUGIN_MAX_PORT");
   if (!env.client_certificate_pem.empty()) {
     // The host's certificate must parse: a typo here would otherwise show as
     // every handshake failing.
@@ -389,6 +399,17 @@ absl::StatusOr<std::unique_ptr<GoPluginMode>> GoPluginMode::Prepare(
 GoPluginMode::~GoPluginMode() = default;
 
 std::string GoPluginMode::listen() const { return absl::StrCat("127.0.0.1:", port_); }
+
+absl::Status GoPluginMode::NextPort() {
+  if (port_ == 0) {
+    return HandshakeError(absl::StatusCode::kUnavailable,
+                          "go-plugin: cannot listen on 127.0.0.1", "GO_PLUGIN_NO_PORT");
+  }
+  absl::StatusOr<int> next = FirstFreePort(port_ + 1, max_port_, port_);
+  if (!next.ok()) return next.status();
+  port_ = *next;
+  return absl::OkStatus();
+}
 
 ServerOptions GoPluginMode::server_options() {
   ServerOptions options;

@@ -125,6 +125,12 @@ class GoPluginMode {
   // listen is "127.0.0.1:<port>" (port 0: any free port).
   std::string listen() const;
 
+  // NextPort moves to the next port of the range that can be bound now, for
+  // when another process took the chosen one between the check and gRPC's
+  // bind (hosts start several plugins at once). UNAVAILABLE when none is left
+  // or the port was 0 (gRPC's own choice: nothing to retry).
+  absl::Status NextPort();
+
   // auto_mtls says whether the host asked for AutoMTLS.
   bool auto_mtls() const { return !identity_.certificate_der.empty(); }
 
@@ -142,6 +148,7 @@ class GoPluginMode {
 
   int app_version_ = kGoPluginAppProtocolVersion;
   int port_ = 0;
+  int max_port_ = 0;
   std::string client_certificate_pem_;
   AutoMtlsIdentity identity_;  // empty without AutoMTLS
   std::unique_ptr<GoPluginServices> services_;

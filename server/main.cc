@@ -15,6 +15,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "adapters/common/error.h"
 #include "server/config.h"
 #include "server/go_plugin.h"
 #include "server/log.h"
@@ -70,6 +71,13 @@ int main(int argc, char** argv) {
   }
   absl::StatusOr<std::unique_ptr<defender::PluginServer>> server =
       defender::PluginServer::Start(*config, std::move(server_options));
+  // go-plugin: another process may take the checked port before gRPC binds it
+  // (hosts start several plugins at once): the next free ports of the range.
+  while (go_plugin != nullptr && !server.ok() &&
+         defender::ErrorReason(server.status()) == "LISTEN_FAILED" && go_plugin->NextPort().ok()) {
+    config->listen = go_plugin->listen();
+    server = defender::PluginServer::Start(*config, go_plugin->server_options());
+  }
   if (!server.ok()) {
     std::cerr << "defender-plugin: " << server.status().message() << "\n";
     return 1;

@@ -127,6 +127,46 @@ TEST(GoPluginHandshakeTest, PortComesFromTheRangeSkippingBusyPorts) {
   close(busy);
 }
 
+TEST(GoPluginModeTest, NextPortMovesPastAPortTakenAfterTheCheck) {
+  absl::StatusOr<std::unique_ptr<GoPluginMode>> any = GoPluginMode::Prepare(
+      Read({{kGoPluginMagicCookieKey, kGoPluginMagicCookieValue}}), nullptr);
+  ASSERT_TRUE(any.ok()) << any.status();
+  EXPECT_EQ((*any)->listen(), "127.0.0.1:0");
+  EXPECT_EQ((*any)->NextPort().code(), absl::StatusCode::kUnavailable);  // gRPC's choice
+
+  // A range of three; another process takes the chosen port after the check.
+  int taken = -1;
+  int first = 0;
+  for (first = 20000; first < 60000; first += 3) {
+    absl::StatusOr<std::unique_ptr<GoPluginMode>> mode = GoPluginMode::Prepare(
+        Read({{kGoPluginMagicCookieKey, kGoPluginMagicCookieValue},
+              {"PLUGIN_MIN_PORT", std::to_string(first)},
+              {"PLUGIN_MAX_PORT", std::to_string(first + 2)}}),
+        nullptr);
+    ASSERT_TRUE(mode.ok()) << mode.status();
+    if ((*mode)->listen() != absl::StrCat("127.0.0.1:", first)) continue;  // busy: next range
+    taken = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(first);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(taken, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    ASSERT_EQ(listen(taken, 1), 0);
+    ASSERT_TRUE((*mode)->NextPort().ok());
+    const std::string next = (*mode)->listen();
+    EXPECT_TRUE(next == absl::StrCat("127.0.0.1:", first + 1) ||
+                next == absl::StrCat("127.0.0.1:", first + 2))
+        << next;
+    // Past the end of the range: no retry left.
+    while ((*mode)->NextPort().ok()) {
+    }
+    EXPECT_EQ((*mode)->NextPort().code(), absl::StatusCode::kUnavailable);
+    break;
+  }
+  ASSERT_GE(taken, 0) << "no free range of three ports found";
+  close(taken);
+}
+
 struct X509Deleter {
   void operator()(X509* cert) const { X509_free(cert); }
 };
