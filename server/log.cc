@@ -81,7 +81,7 @@ void Log(LogLevel level, absl::string_view message, const LogFields& fields) {
   if (!LogEnabled(level)) return;
   const std::string line = FormatLogRecord(
       static_cast<LogFormat>(g_format.load()),
-      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()), level, message,
+      absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", absl::Now(), absl::UTCTimeZone()), level, message,
       fields);
   std::fwrite(line.data(), 1, line.size(), stderr);
 }

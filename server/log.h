@@ -2,9 +2,11 @@
 //
 // JSON by default, one object per line, with the keys HashiCorp's hclog
 // writes ("@timestamp", "@level", "@message", "@module"), so go-plugin hosts
-// and log shippers read it as structured data, then the record's own fields:
+// and log shippers read it as structured data (the time with microseconds,
+// hclog's format, which go-plugin hosts need to take a record's level), then
+// the record's own fields:
 //
-//   {"@timestamp":"2026-12-03T06:40:00.123Z","@level":"info","@module":"defender-plugin",
+//   {"@timestamp":"2026-12-03T06:40:00.123456Z","@level":"info","@module":"defender-plugin",
 //    "@message":"QuarantineFile OK","rpc":"QuarantineFile","tenant":"default",...}
 //
 // The text format ("<RFC 3339 time> <LEVEL> <message> key=value ...") is for a

@@ -1,6 +1,7 @@
 // The log's record format: JSON lines with hclog's keys, or text; levels.
 #include "server/log.h"
 
+#include <regex>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -66,6 +67,10 @@ TEST(LogTest, LevelsFilterAndParse) {
   SetLogOptions(saved);
   EXPECT_THAT(written, Not(HasSubstr("dropped")));
   EXPECT_THAT(written, HasSubstr(R"("@level":"error","@module":"defender-plugin","@message":"kept","n":1})"));
+  // hclog's time format, with microseconds: go-plugin hosts parse nothing else.
+  const std::string stamp = nlohmann::json::parse(written)["@timestamp"];
+  EXPECT_TRUE(std::regex_match(stamp, std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)")))
+      << stamp;
 
   EXPECT_EQ(*ParseLogLevel("DEBUG"), LogLevel::kDebug);
   EXPECT_EQ(*ParseLogLevel("warning"), LogLevel::kWarn);
