@@ -416,8 +416,9 @@ class RestDefenderClient::Runner {
         call->last_error = std::move(error);
         return LookUp(std::move(call));
       }
-      return RetryLater(std::move(call), std::move(request),
-                        lookup ? LookupError(call, std::move(error)) : std::move(error));
+      // (Read `call` before it is moved from: argument order is unspecified.)
+      absl::Status retry_error = lookup ? LookupError(call, std::move(error)) : std::move(error);
+      return RetryLater(std::move(call), std::move(request), std::move(retry_error));
     }
     const int status = answer->status;
     if (status >= 200 && status < 300) {
@@ -463,8 +464,8 @@ class RestDefenderClient::Runner {
         call->last_error = std::move(error);
         return LookUp(std::move(call));
       }
-      return RetryLater(std::move(call), std::move(request),
-                        lookup ? LookupError(call, std::move(error)) : std::move(error));
+      absl::Status retry_error = lookup ? LookupError(call, std::move(error)) : std::move(error);
+      return RetryLater(std::move(call), std::move(request), std::move(retry_error));
     }
     if (lookup) return Fail(call, LookupError(call, std::move(error)));
     if (status == 400 && call->creates_action &&
@@ -568,7 +569,9 @@ class RestDefenderClient::Runner {
       Request main = call->main;
       return Attempt(std::move(call), std::move(main), /*rejected_token=*/"");
     }
-    RetryLater(std::move(call), call->main, call->last_error);
+    Request main = call->main;
+    absl::Status error = call->last_error;
+    RetryLater(std::move(call), std::move(main), std::move(error));
   }
 
   static constexpr absl::Duration kMinAttemptTime = absl::Milliseconds(100);

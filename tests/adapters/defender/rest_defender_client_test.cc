@@ -1020,7 +1020,7 @@ TEST_F(RestDefenderClientRetryTest, ServerErrorOnPostLooksForTheActionBeforeSend
   RunTimers();
   ASSERT_TRUE(result_->ok()) << result_->status();
   EXPECT_EQ(Methods(), (Seq{"POST", "LIST", "POST"}));
-  const std::string& lookup = transport_.requests()[1].url;
+  const std::string lookup = transport_.requests()[1].url;  // requests() is a copy
   EXPECT_TRUE(absl::StrContains(lookup, "machineId%20eq%20%27" + std::string(kMachineId)));
   EXPECT_TRUE(absl::StrContains(lookup, "type%20eq%20%27StopAndQuarantineFile%27"));
   EXPECT_TRUE(absl::StrContains(lookup, "creationDateTimeUtc%20ge%20"));
