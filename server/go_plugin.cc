@@ -25,6 +25,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "adapters/common/error.h"
+#include "adapters/common/openssl_ptr.h"
 #include "grpcpp/security/server_credentials.h"
 #include "plugin/grpc_controller.grpc.pb.h"
 #include "plugin/grpc_stdio.grpc.pb.h"
@@ -66,19 +67,6 @@ bool CanBind(int port) {
   return bound;
 }
 
-// OpenSSL owners.
-struct FreeKey {
-  void operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
-};
-struct FreeX509 {
-  void operator()(X509* cert) const { X509_free(cert); }
-};
-struct FreeBio {
-  void operator()(BIO* bio) const { BIO_free(bio); }
-};
-struct FreeBignum {
-  void operator()(BIGNUM* bn) const { BN_free(bn); }
-};
 
 absl::Status CryptoError(const std::string& step) {
   return HandshakeError(absl::StatusCode::kInternal,
@@ -167,14 +155,14 @@ absl::StatusOr<int> PickGoPluginPort(const GoPluginEnvironment& env) {
 }
 
 absl::StatusOr<AutoMtlsIdentity> GenerateAutoMtlsIdentity() {
-  std::unique_ptr<EVP_PKEY, FreeKey> key(EVP_EC_gen("P-256"));
+  UniquePkey key(EVP_EC_gen("P-256"));
   if (key == nullptr) return CryptoError("generate a P-256 key");
-  std::unique_ptr<X509, FreeX509> cert(X509_new());
+  UniqueX509 cert(X509_new());
   if (cert == nullptr || X509_set_version(cert.get(), 2) != 1) {
     return CryptoError("make a certificate");
   }
   // A random 128-bit serial, as go-plugin's.
-  std::unique_ptr<BIGNUM, FreeBignum> serial(BN_new());
+  UniqueBignum serial(BN_new());
   if (serial == nullptr || BN_rand(serial.get(), 128, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1 ||
       BN_to_ASN1_INTEGER(serial.get(), X509_get_serialNumber(cert.get())) == nullptr) {
     return CryptoError("make a serial number");
@@ -206,8 +194,8 @@ absl::StatusOr<AutoMtlsIdentity> GenerateAutoMtlsIdentity() {
   if (X509_sign(cert.get(), key.get(), EVP_sha256()) == 0) return CryptoError("sign");
 
   AutoMtlsIdentity identity;
-  std::unique_ptr<BIO, FreeBio> cert_pem(BIO_new(BIO_s_mem()));
-  std::unique_ptr<BIO, FreeBio> key_pem(BIO_new(BIO_s_mem()));
+  UniqueBio cert_pem(BIO_new(BIO_s_mem()));
+  UniqueBio key_pem(BIO_new(BIO_s_mem()));
   if (cert_pem == nullptr || key_pem == nullptr ||
       PEM_write_bio_X509(cert_pem.get(), cert.get()) != 1 ||
       PEM_write_bio_PrivateKey(key_pem.get(), key.get(), nullptr, nullptr, 0, nullptr,
@@ -377,10 +365,10 @@ absl::StatusOr<std::unique_ptr<GoPluginMode>> GoPluginMode::Prepare(
   if (!env.client_certificate_pem.empty()) {
     // The host's certificate must parse: a typo here would otherwise show as
     // every handshake failing.
-    std::unique_ptr<BIO, FreeBio> bio(BIO_new_mem_buf(env.client_certificate_pem.data(),
+    UniqueBio bio(BIO_new_mem_buf(env.client_certificate_pem.data(),
                                                       static_cast<int>(
                                                           env.client_certificate_pem.size())));
-    std::unique_ptr<X509, FreeX509> host_cert(
+    UniqueX509 host_cert(
         bio == nullptr ? nullptr : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
     if (host_cert == nullptr) {
       return HandshakeError(absl::StatusCode::kInvalidArgument,

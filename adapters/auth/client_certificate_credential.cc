@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "adapters/common/error.h"
+#include "adapters/common/openssl_ptr.h"
 #include "nlohmann/json.hpp"
 
 namespace defender::auth {
@@ -35,21 +36,6 @@ constexpr size_t kMaxPemSize = 1 << 20;
 // How long an assertion is valid (Entra accepts up to 10 minutes).
 constexpr absl::Duration kAssertionLifetime = absl::Minutes(10);
 
-struct BioFree {
-  void operator()(BIO* bio) const { BIO_free(bio); }
-};
-struct PkeyFree {
-  void operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
-};
-struct X509Free {
-  void operator()(X509* cert) const { X509_free(cert); }
-};
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
-};
-using UniqueBio = std::unique_ptr<BIO, BioFree>;
-using UniquePkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using UniqueX509 = std::unique_ptr<X509, X509Free>;
 
 // SecretString is a string wiped when it goes (a PEM with a private key, a
 // password).
@@ -231,7 +217,7 @@ class ClientCertificateCredential::Signer {
 
  private:
   absl::StatusOr<std::string> Sign(absl::string_view data) const {
-    std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
+    UniqueMdCtx ctx(EVP_MD_CTX_new());
     if (ctx == nullptr) return SigningError();
     EVP_PKEY_CTX* pkey_ctx = nullptr;  // owned by ctx
     if (EVP_DigestSignInit(ctx.get(), &pkey_ctx, EVP_sha256(), nullptr, key_.get()) != 1) {

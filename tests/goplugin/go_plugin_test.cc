@@ -3,6 +3,7 @@
 // host's crypto/x509 would look at it), the handshake line, and the
 // controller and stdio services over real AutoMTLS on 127.0.0.1.
 #include "server/go_plugin.h"
+#include "adapters/common/openssl_ptr.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -167,26 +168,21 @@ TEST(GoPluginModeTest, NextPortMovesPastAPortTakenAfterTheCheck) {
   close(taken);
 }
 
-struct X509Deleter {
-  void operator()(X509* cert) const { X509_free(cert); }
-};
-using X509Ptr = std::unique_ptr<X509, X509Deleter>;
-
-X509Ptr FromDer(const std::string& der) {
+UniqueX509 FromDer(const std::string& der) {
   const unsigned char* data = reinterpret_cast<const unsigned char*>(der.data());
-  return X509Ptr(d2i_X509(nullptr, &data, static_cast<long>(der.size())));
+  return UniqueX509(d2i_X509(nullptr, &data, static_cast<long>(der.size())));
 }
 
 TEST(AutoMtlsIdentityTest, CertificateIsWhatAGoPluginHostVerifies) {
   absl::StatusOr<AutoMtlsIdentity> identity = GenerateAutoMtlsIdentity();
   ASSERT_TRUE(identity.ok()) << identity.status();
-  X509Ptr cert = FromDer(identity->certificate_der);
+  UniqueX509 cert = FromDer(identity->certificate_der);
   ASSERT_NE(cert, nullptr);
 
   // The PEM and the DER are the same certificate; the key is its key.
   BIO* bio = BIO_new_mem_buf(identity->certificate_pem.data(),
                              static_cast<int>(identity->certificate_pem.size()));
-  X509Ptr from_pem(PEM_read_bio_X509(bio, nullptr, nullptr, nullptr));
+  UniqueX509 from_pem(PEM_read_bio_X509(bio, nullptr, nullptr, nullptr));
   BIO_free(bio);
   ASSERT_NE(from_pem, nullptr);
   EXPECT_EQ(X509_cmp(cert.get(), from_pem.get()), 0);

@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "adapters/common/clock.h"
 #include "adapters/common/error.h"
+#include "adapters/common/openssl_ptr.h"
 #include "adapters/common/scheduler.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -47,18 +48,6 @@ constexpr char kScope[] = "https://api.securitycenter.microsoft.com/.default";
 constexpr char kPassword[] = "pa55-w0rd!With Blanks";
 constexpr char kTokenAnswer[] = R"({"token_type":"Bearer","expires_in":3599,"access_token":"tok"})";
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
-};
-struct X509Free {
-  void operator()(X509* cert) const { X509_free(cert); }
-};
-struct BioFree {
-  void operator()(BIO* bio) const { BIO_free(bio); }
-};
-using UniquePkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using UniqueX509 = std::unique_ptr<X509, X509Free>;
-using UniqueBio = std::unique_ptr<BIO, BioFree>;
 
 // SelfSigned is a certificate for `key`, signed by it.
 UniqueX509 SelfSigned(EVP_PKEY* key) {
