@@ -3,7 +3,6 @@
 #include <utility>
 
 #include "absl/random/random.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "adapters/common/error.h"
 #include "server/authorization.h"
