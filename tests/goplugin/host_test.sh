@@ -1,23 +1,21 @@
 #!/usr/bin/env bash
 # defender-plugin under a real HashiCorp go-plugin host: builds
 # tests/goplugin/host (Debian's go-plugin 1.0.1, GOPATH mode, offline) against
-# Go stubs generated from proto/defender/v1, starts defender-sandbox, and lets
-# the host launch the plugin with AutoMTLS, quarantine a file, and Kill it
-# (GRPCController.Shutdown, then a check that the process exited 0).
+# Go stubs generated from proto/defender/v1 (clients/go/generate.sh), starts
+# defender-sandbox, and lets the host launch the plugin with AutoMTLS,
+# quarantine a file, and Kill it (GRPCController.Shutdown, then a check that
+# the process exited 0).
 # Usage: host_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 BIN="$(cd "$1" && pwd)"
 SRC="$(cd "$2" && pwd)"
 . "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file
 
-# Go stubs for defender.v1 (protoc-gen-go 1.3 with its grpc plugin; the
-# google.rpc and timestamp imports map to Debian's Go packages).
+# Go stubs for defender.v1: clients/go/generate.sh, the one recipe (Debian's
+# protoc-gen-go 1.28 and protoc-gen-go-grpc; the google.rpc and timestamp
+# imports map to Debian's Go packages).
 gopath="$work/gopath"
-mkdir -p "$gopath/src"
-protoc --proto_path="$SRC/proto" --proto_path=/usr/share/gocode/src/github.com/gogo/googleapis \
-  --proto_path=/usr/include \
-  --go_out=plugins=grpc,Mgoogle/rpc/status.proto=google.golang.org/genproto/googleapis/rpc/status,Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp:"$gopath/src" \
-  "$SRC/proto/defender/v1/response_service.proto" || fail "protoc --go_out"
+bash "$SRC/clients/go/generate.sh" "$gopath/src" "$SRC/proto" || fail "clients/go/generate.sh"
 mkdir -p "$BIN/tests/goplugin-gocache"
 (cd "$SRC/tests/goplugin/host" &&
   GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOCACHE="$BIN/tests/goplugin-gocache" \
