@@ -100,8 +100,35 @@ sb -X DELETE "$sandbox/sandbox/faults" >/dev/null
 tail -n 1 "$work/failed.out" | grep -q '"event": "final".*"status": "MACHINE_ACTION_STATUS_FAILED"' \
   || fail "did not end with final FAILED: $(cat "$work/failed.out")"
 
-# (g) no secret in any output.
-if grep -rl "sandbox-secret" "$work"/*.out "$work"/*.err "$work/plugin.log"; then
+# (f) mutual TLS to a second plugin: --tls-ca, --tls-cert, --tls-key.
+tls_pair() {  # tls_pair NAME SAN EKU: a self-signed EC certificate and key in $work
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj "/CN=$1" -addext "subjectAltName=$2" -addext "extendedKeyUsage=$3" \
+    -keyout "$work/$1.key" -out "$work/$1.crt" 2>/dev/null || fail "openssl req $1"
+}
+tls_pair listener IP:127.0.0.1 serverAuth
+tls_pair runner DNS:runner.contoso.com clientAuth
+AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
+AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \
+AZURE_CLIENT_SECRET=sandbox-secret \
+AZURE_AUTHORITY_HOST="$sandbox" DEFENDER_API_URL="$sandbox" DEFENDER_CA_FILE="$work/ca.pem" \
+  "$BIN/server/defender-plugin" --listen 127.0.0.1:0 --port-file "$work/plugin2.port" \
+  --state-dir "$work/state2" --watch-poll-seconds 1 --tls-cert "$work/listener.crt" \
+  --tls-key "$work/listener.key" --client-ca "$work/runner.crt" >"$work/plugin2.log" 2>&1 &
+pids+=($!)
+wait_for_file "$work/plugin2.port"
+target="127.0.0.1:$(cat "$work/plugin2.port")"
+run mtls --tls-ca "$work/listener.crt" --tls-cert "$work/runner.crt" --tls-key "$work/runner.key" \
+  --machine "$machine" --sha1 "$sha1" --comment "mtls"
+[ "$code" -eq 0 ] || fail "the mutual TLS run exited $code: $(cat "$work/mtls.err")"
+tail -n 1 "$work/mtls.out" | grep -q '"status": "MACHINE_ACTION_STATUS_SUCCEEDED"' || fail "mtls not SUCCEEDED"
+run notls --machine "$machine" --sha1 "$sha1" --comment "plaintext to TLS"
+[ "$code" -eq 3 ] || fail "plaintext to a TLS listener exited $code"
+grep -q "^quarantine_and_watch: UNAVAILABLE: " "$work/notls.err" || fail "no UNAVAILABLE: $(cat "$work/notls.err")"
+
+# (g) no secret in any output: the client secret, the private keys.
+if grep -l "PRIVATE KEY" "$work"/*.out "$work"/*.err; then fail "a private key appears in output"; fi
+if grep -rl "sandbox-secret" "$work"/*.out "$work"/*.err "$work"/plugin*.log; then
   fail "the client secret appears in output"
 fi
 echo "example_test: ok"
