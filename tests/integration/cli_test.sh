@@ -4,7 +4,7 @@
 # plugin exits 0 on SIGTERM. Usage: cli_test.sh BUILD_DIR
 set -euo pipefail
 BIN="$1"
-. "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file
+. "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file, tls_pair
 
 "$BIN/tools/defender-sandbox" --listen 127.0.0.1:0 --port-file "$work/sandbox.port" \
   --ca-out "$work/ca.pem" --action-step-ms 200 >"$work/sandbox.log" 2>&1 &
@@ -140,11 +140,6 @@ if "$BIN/server/defender-plugin" --listen 0.0.0.0:0 --state-dir "$work/state3" \
   fail "plaintext on 0.0.0.0 was accepted"
 fi
 grep -q -- "--insecure-listen" "$work/insecure-err.txt" || fail "refusal does not name --insecure-listen"
-tls_pair() {  # tls_pair NAME SAN EKU: a self-signed EC certificate and key in $work
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj "/CN=$1" -addext "subjectAltName=$2" -addext "extendedKeyUsage=$3" \
-    -keyout "$work/$1.key" -out "$work/$1.crt" 2>/dev/null || fail "openssl req $1"
-}
 tls_pair listener IP:127.0.0.1 serverAuth
 tls_pair runner DNS:runner.contoso.com clientAuth
 AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \

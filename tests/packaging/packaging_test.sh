@@ -10,7 +10,7 @@
 set -euo pipefail
 BUILD="$(cd "$1" && pwd)"
 SRC="$(cd "$2" && pwd)"
-. "$SRC/tests/testlib.sh"  # $work, $pids, fail, wait_for_file
+. "$SRC/tests/testlib.sh"  # $work, $pids, fail, wait_for_file, tls_pair
 check() { /usr/bin/python3 "$SRC/tests/packaging/check_packaging.py" "$@"; }
 SECURITY_THRESHOLD=20   # systemd-analyze security --threshold counts tenths: fail above exposure 2.0 (0 safest, 10 unprotected)
 
@@ -67,11 +67,6 @@ echo "unit: systemd-analyze verify clean; $(grep 'Overall exposure' "$work/secur
 
 # --- test material: the listener's certificate, a caller's certificate (its own CA), the
 # client secret of the sandbox's app (a value of this test only).
-tls_pair() {  # tls_pair NAME SAN EKU
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj "/CN=$1" -addext "subjectAltName=$2" -addext "extendedKeyUsage=$3" \
-    -keyout "$work/$1.key" -out "$work/$1.crt" 2>/dev/null || fail "openssl req $1"
-}
 tls_pair listener IP:127.0.0.1 serverAuth
 tls_pair runner DNS:runner.contoso.com clientAuth
 secret="packaging-test-$RANDOM$RANDOM"

@@ -6,7 +6,7 @@
 set -euo pipefail
 BIN="$1"
 SRC="$2"
-. "$SRC/tests/testlib.sh"  # $work, $pids, fail, wait_for_file
+. "$SRC/tests/testlib.sh"  # $work, $pids, fail, wait_for_file, tls_pair
 PY=/usr/bin/python3
 
 # The generated tree: the build's, else generated here by the same script.
@@ -37,6 +37,8 @@ wait_for_file "$work/plugin.port"
 target="127.0.0.1:$(cat "$work/plugin.port")"
 machine=1e5bc9d7e413ddd7902c2932e418702b84d0cc07
 sha1=87662bc3d60e4200ceaf7aae249d1c343f4b83c9
+# Another file for the mutual TLS run: the action (e) left on the device may still be pending.
+sha1_mtls=2d2b5c5e5b1f3a4c6d7e8f90a1b2c3d4e5f60718
 
 run() {  # run NAME ARGS...: the example's stdout/stderr in $work/NAME.{out,err}, exit code in $code
   local name="$1"; shift
@@ -101,11 +103,6 @@ tail -n 1 "$work/failed.out" | grep -q '"event": "final".*"status": "MACHINE_ACT
   || fail "did not end with final FAILED: $(cat "$work/failed.out")"
 
 # (f) mutual TLS to a second plugin: --tls-ca, --tls-cert, --tls-key.
-tls_pair() {  # tls_pair NAME SAN EKU: a self-signed EC certificate and key in $work
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj "/CN=$1" -addext "subjectAltName=$2" -addext "extendedKeyUsage=$3" \
-    -keyout "$work/$1.key" -out "$work/$1.crt" 2>/dev/null || fail "openssl req $1"
-}
 tls_pair listener IP:127.0.0.1 serverAuth
 tls_pair runner DNS:runner.contoso.com clientAuth
 AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
@@ -119,7 +116,7 @@ pids+=($!)
 wait_for_file "$work/plugin2.port"
 target="127.0.0.1:$(cat "$work/plugin2.port")"
 run mtls --tls-ca "$work/listener.crt" --tls-cert "$work/runner.crt" --tls-key "$work/runner.key" \
-  --machine "$machine" --sha1 "$sha1" --comment "mtls"
+  --machine "$machine" --sha1 "$sha1_mtls" --comment "mtls"
 [ "$code" -eq 0 ] || fail "the mutual TLS run exited $code: $(cat "$work/mtls.err")"
 tail -n 1 "$work/mtls.out" | grep -q '"status": "MACHINE_ACTION_STATUS_SUCCEEDED"' || fail "mtls not SUCCEEDED"
 run notls --machine "$machine" --sha1 "$sha1" --comment "plaintext to TLS"
