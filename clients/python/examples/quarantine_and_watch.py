@@ -2,21 +2,28 @@
 """quarantine_and_watch: a SOAR playbook step. Quarantines a file on a device
 through the defender-plugin, then watches the action until it is final.
 
-Prints one JSON object per line (submitted, status..., final). Exit codes:
-0 final and succeeded; 1 final but not succeeded; 2 usage error; 3 RPC error
-(stderr: "quarantine_and_watch: CODE: message [reason]"); 4 watch timeout.
-Needs PYTHONPATH to hold the generated tree (clients/python/generate.sh).
+  quarantine_and_watch.py (--machine ID | --host NAME) (--sha1 HASH | --sha256 HASH)
+      --comment TEXT [--request-id ID] [--tenant NAME] [--timeout-seconds N]
+      [--target HOST:PORT] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]
+      [--tls-server-name NAME]] [--token-file FILE]
+
+Prints one JSON object per line: {"event":"submitted","action_id",...,"request_id",...},
+{"event":"status",...} for each status seen, {"event":"final",...}. Exit codes:
+0 final and succeeded; 1 final but not succeeded (failed, cancelled, timed out);
+2 usage error (before any call); 3 RPC error (stderr: "quarantine_and_watch: CODE:
+message [reason]"); 4 not final after --timeout-seconds.
+The request id (default: a new UUID, printed) makes a retried step safe: pass it
+again with --request-id and the plugin returns the same action.
+Needs PYTHONPATH to hold the generated tree (clients/python/generate.sh, or
+<build>/clients/python).
 """
 import argparse
 import json
 import os
 import re
 import sys
-import threading
 import time
 import uuid
-
-import grpc
 
 import defender_plugin
 from defender_plugin import pb2
@@ -33,20 +40,25 @@ class _Usage(argparse.ArgumentParser):
 
 def parse(argv):
     p = _Usage(prog=PROG, description="Quarantine a file, then watch the action until final.")
-    p.add_argument("--target", default=os.environ.get("DEFENDER_PLUGIN_TARGET", "127.0.0.1:50051"))
-    p.add_argument("--tls-ca", default=os.environ.get("DEFENDER_PLUGIN_CA"))
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--tls-server-name")
-    p.add_argument("--token-file")
-    p.add_argument("--tenant", default="")
-    p.add_argument("--machine", default="")
-    p.add_argument("--host", default="")
-    p.add_argument("--sha1", default="")
-    p.add_argument("--sha256", default="")
-    p.add_argument("--comment", default="")
-    p.add_argument("--request-id", default="")
-    p.add_argument("--timeout-seconds", type=float, default=600)
+    p.add_argument("--target", default=os.environ.get("DEFENDER_PLUGIN_TARGET", "127.0.0.1:50051"),
+                   metavar="HOST:PORT", help="the plugin [$DEFENDER_PLUGIN_TARGET] (%(default)s)")
+    p.add_argument("--tls-ca", default=os.environ.get("DEFENDER_PLUGIN_CA"), metavar="FILE",
+                   help="TLS, trusting these PEM CAs [$DEFENDER_PLUGIN_CA]; without: plaintext")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key")
+    p.add_argument("--tls-server-name", metavar="NAME", help="name to check the certificate for")
+    p.add_argument("--token-file", metavar="FILE",
+                   help='send "authorization: Bearer <its content>" (never printed)')
+    p.add_argument("--tenant", default="", metavar="NAME", help="configured tenant (default: the default)")
+    p.add_argument("--machine", default="", metavar="ID", help="Defender device id (40 hex)")
+    p.add_argument("--host", default="", metavar="NAME", help="or the device's computerDnsName")
+    p.add_argument("--sha1", default="", metavar="HASH", help="SHA-1 of the file")
+    p.add_argument("--sha256", default="", metavar="HASH", help="or its SHA-256")
+    p.add_argument("--comment", default="", metavar="TEXT", help="recorded with the action (required)")
+    p.add_argument("--request-id", default="", metavar="ID",
+                   help="idempotency key (default: a new UUID, printed)")
+    p.add_argument("--timeout-seconds", type=float, default=600, metavar="N",
+                   help="give up watching after N seconds (%(default)g)")
     a = p.parse_args(argv)
     if bool(a.machine) == bool(a.host):
         p.error("exactly one of --machine or --host is required")
@@ -66,7 +78,8 @@ def parse(argv):
 
 
 def emit(**fields):
-    print(json.dumps(fields, sort_keys=False), flush=True)
+    """One event line, compact like defenderctl watch and the Go example."""
+    print(json.dumps(fields, separators=(",", ":")), flush=True)
 
 
 def rpc_error(err):
@@ -78,7 +91,7 @@ def rpc_error(err):
 
 
 def status_name(action):
-    return pb2.MachineActionStatus.Name(action.status)
+    return defender_plugin.status_name(action.status)
 
 
 def main(argv):
@@ -88,8 +101,12 @@ def main(argv):
         try:
             with open(a.token_file) as f:
                 token = f.read().strip()
-        except OSError as e:
-            print("%s: --token-file: %s" % (PROG, e.strerror), file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as e:
+            print("%s: --token-file: %s" % (PROG, getattr(e, "strerror", None) or "not text"),
+                  file=sys.stderr)
+            return 2
+        if not token:
+            print("%s: --token-file is empty" % PROG, file=sys.stderr)
             return 2
     request_id = a.request_id or str(uuid.uuid4())
     try:
@@ -100,7 +117,7 @@ def main(argv):
         print("%s: %s" % (PROG, e), file=sys.stderr)
         return 2
 
-    # Retrying UNAVAILABLE is safe: the plugin deduplicates by request id.
+    # Retrying UNAVAILABLE (err.transient) is safe: the plugin deduplicates by request id.
     for attempt in range(5):
         try:
             resp = client.quarantine_file(
@@ -108,38 +125,29 @@ def main(argv):
                 sha1=a.sha1, sha256=a.sha256, request_id=request_id, tenant=a.tenant)
             break
         except defender_plugin.Error as err:
-            if err.code != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+            if not err.transient or attempt == 4:
                 return rpc_error(err)
             time.sleep(0.5 * 2 ** attempt)
     action = resp.action
     emit(event="submitted", action_id=action.id, request_id=request_id,
          machine_id=action.machine_id, status=status_name(action))
 
-    # The watch runs in a thread so that --timeout-seconds can end it.
-    result = {}
-
-    def watch():
-        try:
-            for act in client.watch_machine_action(action.id, tenant=a.tenant):
+    # The wrapper reopens a stream broken with UNAVAILABLE; its timeout bounds the
+    # whole watch (the deadline reaches the plugin, which then stops polling).
+    last = None
+    try:
+        for act in client.watch_machine_action(action.id, tenant=a.tenant,
+                                               timeout=a.timeout_seconds):
+            if last is None or act.status != last.status:
                 emit(event="status", action_id=act.id, status=status_name(act),
                      defender_status=act.defender_status)
-                result["last"] = act
-        except defender_plugin.Error as err:
-            result["error"] = err
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    t.join(a.timeout_seconds)
-    if t.is_alive():
+            last = act
+    except defender_plugin.WatchTimeout:
         print("%s: the action %s is not final after %g s" % (PROG, action.id, a.timeout_seconds),
               file=sys.stderr)
         return 4
-    if "error" in result:
-        return rpc_error(result["error"])
-    last = result.get("last")
-    if last is None or last.status not in defender_plugin.FINAL_STATUSES:
-        print("%s: the watch ended before the action was final" % PROG, file=sys.stderr)
-        return 3
+    except defender_plugin.Error as err:
+        return rpc_error(err)
     emit(event="final", action_id=last.id, status=status_name(last),
          defender_status=last.defender_status)
     return 0 if last.status == pb2.MACHINE_ACTION_STATUS_SUCCEEDED else 1
