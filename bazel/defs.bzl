@@ -6,7 +6,7 @@ as SOURCE_DIR. In args, "@BUILD_DIR@" and "@SOURCE_DIR@" stand for those two dir
 Every such test gets all five binaries, tests/testlib.sh, and what `data` adds (files the
 script reads from its own directory or from SOURCE_DIR). They start real processes that listen
 on 127.0.0.1 (port 0) and must not share the machine's 2 cores with other heavy tests, hence
-size "large" (CMake gives them 120 to 300 s; large is 900 s) unless told otherwise.
+size "medium" (300 s, the most CMake gives them) unless told otherwise.
 """
 
 BUILD_DIR_BINARIES = [
@@ -17,7 +17,7 @@ BUILD_DIR_BINARIES = [
     "//bench:observability-bench",
 ]
 
-def defender_build_dir_test(name, script, args = [], data = [], size = "large", **kwargs):
+def defender_build_dir_test(name, script, args = [], data = [], size = "medium", **kwargs):
     """sh_test `name` running `script` with `args` through //bazel:build_dir_test.sh.
 
     Args:
