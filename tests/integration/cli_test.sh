@@ -4,13 +4,9 @@
 # plugin exits 0 on SIGTERM. Usage: cli_test.sh BUILD_DIR
 set -euo pipefail
 BIN="$1"
-. "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file, tls_pair
+. "$(dirname "$0")/../testlib.sh"  # $work, $pids, fail, wait_for_file, tls_pair, start_sandbox
 
-"$BIN/tools/defender-sandbox" --listen 127.0.0.1:0 --port-file "$work/sandbox.port" \
-  --ca-out "$work/ca.pem" --action-step-ms 200 >"$work/sandbox.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/sandbox.port"
-sandbox="https://127.0.0.1:$(cat "$work/sandbox.port")"
+start_sandbox --action-step-ms 200
 
 AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
 AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \

@@ -6,29 +6,15 @@
 set -euo pipefail
 BIN="$1"
 SRC="$2"
-. "$SRC/tests/testlib.sh"  # $work, $pids, fail, wait_for_file
+. "$SRC/tests/testlib.sh"  # $work, $pids, fail, start_sandbox, sb, start_plugin ...
 PY=/usr/bin/python3
 gopath="$work/gopath"
 bash "$SRC/clients/go/generate.sh" "$gopath/src" "$SRC/proto" || fail "clients/go/generate.sh"
 (cd "$SRC/clients/go/examples/quarantine_and_watch" &&
   GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOCACHE="$BIN/clients/go/gocache" \
     go build -o "$work/quarantine_and_watch" .) || fail "go build of the example"
-"$BIN/tools/defender-sandbox" --listen 127.0.0.1:0 --port-file "$work/sandbox.port" \
-  --ca-out "$work/ca.pem" --action-step-ms 200 >"$work/sandbox.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/sandbox.port"
-sandbox="https://127.0.0.1:$(cat "$work/sandbox.port")"
-sb() { curl -sf --cacert "$work/ca.pem" "$@"; }
-
-AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
-AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \
-AZURE_CLIENT_SECRET=sandbox-secret \
-AZURE_AUTHORITY_HOST="$sandbox" DEFENDER_API_URL="$sandbox" DEFENDER_CA_FILE="$work/ca.pem" \
-  "$BIN/server/defender-plugin" --listen 127.0.0.1:0 --port-file "$work/plugin.port" \
-  --state-dir "$work/state" --watch-poll-seconds 1 >"$work/plugin.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/plugin.port"
-target="127.0.0.1:$(cat "$work/plugin.port")"
+start_sandbox --action-step-ms 200
+start_plugin plugin
 machine=1e5bc9d7e413ddd7902c2932e418702b84d0cc07
 sha1=87662bc3d60e4200ceaf7aae249d1c343f4b83c9
 
@@ -62,9 +48,7 @@ run again2 --machine "$machine" --sha1 "$sha1" --comment "retry" --request-id go
 [ "$code" -eq 0 ] || fail "second run exited $code"
 id1="$(field action_id "$work/again1.out")"
 [ -n "$id1" ] && [ "$id1" = "$(field action_id "$work/again2.out")" ] || fail "a retry gave another action"
-posts="$(sb "$sandbox/sandbox/requests" | "$PY" -c 'import json, sys
-print(sum(1 for r in json.load(sys.stdin)
-          if r["method"] == "POST" and r["path"].endswith("/StopAndQuarantineFile")))')"
+posts="$(upstream_posts)"
 [ "$posts" -eq 1 ] || fail "$posts upstream StopAndQuarantineFile calls, not one"
 
 # (c) invalid sha1: exit 3, INVALID_ARGUMENT, no upstream request.

@@ -8,7 +8,7 @@
 set -euo pipefail
 BIN="$1"
 SRC="$2"
-. "$SRC/tests/testlib.sh"  # $work, $pids, fail, wait_for_file, tls_pair
+. "$SRC/tests/testlib.sh"  # $work, $pids, fail, tls_pair, start_sandbox, sb, start_plugin ...
 PY=/usr/bin/python3
 
 # The generated tree: the build's, else generated here by the same script.
@@ -21,35 +21,13 @@ fi
 export PYTHONPATH="$pydir"
 example="$SRC/clients/python/examples/quarantine_and_watch.py"
 
-"$BIN/tools/defender-sandbox" --listen 127.0.0.1:0 --port-file "$work/sandbox.port" \
-  --ca-out "$work/ca.pem" --action-step-ms 200 >"$work/sandbox.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/sandbox.port"
-sandbox="https://127.0.0.1:$(cat "$work/sandbox.port")"
-sb() { curl -sf --cacert "$work/ca.pem" "$@"; }
-upstream_posts() {  # how many StopAndQuarantineFile the sandbox received
-  sb "$sandbox/sandbox/requests" | "$PY" -c 'import json, sys
-print(sum(1 for r in json.load(sys.stdin)
-          if r["method"] == "POST" and r["path"].endswith("/StopAndQuarantineFile")))'
-}
+start_sandbox --action-step-ms 200
 
 # The plugin lets in only the caller with this token (--authz).
 token="py-token-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 printf '%s\n' "$token" >"$work/token"
 printf '{"callers": [{"name": "soar", "tokenFile": "%s", "tenants": ["*"]}]}' "$work/token" \
   >"$work/authz.json"
-start_plugin() {  # start_plugin NAME FLAGS...: $target is its address
-  local name="$1"; shift
-  AZURE_TENANT_ID=11111111-1111-1111-1111-111111111111 \
-  AZURE_CLIENT_ID=22222222-2222-2222-2222-222222222222 \
-  AZURE_CLIENT_SECRET=sandbox-secret \
-  AZURE_AUTHORITY_HOST="$sandbox" DEFENDER_API_URL="$sandbox" DEFENDER_CA_FILE="$work/ca.pem" \
-    "$BIN/server/defender-plugin" --listen 127.0.0.1:0 --port-file "$work/$name.port" \
-    --state-dir "$work/$name-state" --watch-poll-seconds 1 "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  wait_for_file "$work/$name.port"
-  target="127.0.0.1:$(cat "$work/$name.port")"
-}
 start_plugin plugin --authz "$work/authz.json"
 auth=(--token-file "$work/token")
 machine=1e5bc9d7e413ddd7902c2932e418702b84d0cc07
