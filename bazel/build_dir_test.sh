@@ -30,6 +30,13 @@ for binary in server/defender-plugin tools/defender-sandbox tools/defenderctl \
   if [ -x "$src/$binary" ]; then ln -sfn "$src/$binary" "$build_dir/$binary"; fi
 done
 
+# The Python client's generated tree (//clients:python_client), where CMake's python_client
+# target puts it.
+if [ -f "$src/clients/python_client/.generated" ]; then
+  mkdir -p "$build_dir/clients"
+  ln -sfn "$src/clients/python_client" "$build_dir/clients/python"
+fi
+
 args=()
 for arg in "$@"; do
   arg="${arg//@BUILD_DIR@/$build_dir}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Go client's example playbook step (clients/go/examples/quarantine_and_watch)
-# against the real defender-plugin and defender-sandbox: happy path, idempotent
-# retry, invalid input, usage error, a failed action, no secret in any output.
+# against the real defender-plugin and defender-sandbox: (a) happy path, (b) idempotent
+# retry, (c) invalid input, (d) usage errors, (e) a failed action, (f) mutual TLS,
+# (g) the --authz bearer token, (h) no secret, token or private key in any output.
 # Usage: example_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 BIN="$1"
@@ -78,9 +79,47 @@ sb -X DELETE "$sandbox/sandbox/faults" >/dev/null
 tail -n 1 "$work/failed.out" | grep -q '"event":"final".*"status":"MACHINE_ACTION_STATUS_FAILED"' \
   || fail "did not end with final FAILED: $(cat "$work/failed.out")"
 
-# (g) no secret in any output: the client secret, the private keys.
-if grep -l "PRIVATE KEY" "$work"/*.out "$work"/*.err; then fail "a private key appears in output"; fi
-if grep -rl "sandbox-secret" "$work"/*.out "$work"/*.err "$work"/plugin*.log; then
-  fail "the client secret appears in output"
-fi
+# (f) mutual TLS to a second plugin: --tls-ca, --tls-cert, --tls-key; plaintext to it fails.
+tls_pair listener IP:127.0.0.1 serverAuth
+tls_pair runner DNS:runner.contoso.com clientAuth
+start_plugin tls --tls-cert "$work/listener.crt" --tls-key "$work/listener.key" \
+  --client-ca "$work/runner.crt"
+run mtls --tls-ca "$work/listener.crt" --tls-cert "$work/runner.crt" --tls-key "$work/runner.key" \
+  --machine "$machine" --sha1 2d2b5c5e5b1f3a4c6d7e8f90a1b2c3d4e5f60718 --comment "mtls"
+[ "$code" -eq 0 ] || fail "the mutual TLS run exited $code: $(cat "$work/mtls.err")"
+tail -n 1 "$work/mtls.out" | grep -q '"event":"final".*"status":"MACHINE_ACTION_STATUS_SUCCEEDED"' \
+  || fail "mutual TLS: did not end with final SUCCEEDED: $(cat "$work/mtls.out")"
+run notls --machine "$machine" --sha1 "$sha1" --comment "plaintext to TLS"
+[ "$code" -eq 3 ] || fail "plaintext to a TLS listener exited $code"
+grep -q "^quarantine_and_watch: UNAVAILABLE: " "$work/notls.err" || fail "no UNAVAILABLE: $(cat "$work/notls.err")"
+run nokey --tls-ca "$work/listener.crt" --tls-cert "$work/runner.crt" \
+  --machine "$machine" --sha1 "$sha1" --comment "x"
+[ "$code" -eq 2 ] || fail "--tls-cert without --tls-key exited $code"
+
+# (g) --token-file against a plugin with --authz: with the token the step succeeds (and the
+# journal names the caller); without it PERMISSION_DENIED [CALLER_NOT_ALLOWED], exit 3.
+token="go-token-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+printf '%s\n' "$token" >"$work/token"
+printf '{"callers": [{"name": "soar", "tokenFile": "%s", "tenants": ["*"]}]}' "$work/token" \
+  >"$work/authz.json"
+start_plugin authz --authz "$work/authz.json"
+run token --token-file "$work/token" --machine "$machine" \
+  --sha1 3333333333333333333333333333333333333333 --comment "token"
+[ "$code" -eq 0 ] || fail "the run with --token-file exited $code: $(cat "$work/token.err")"
+tail -n 1 "$work/token.out" | grep -q '"event":"final".*"status":"MACHINE_ACTION_STATUS_SUCCEEDED"' \
+  || fail "--token-file: did not end with final SUCCEEDED: $(cat "$work/token.out")"
+grep -q '"caller":"soar"' <("$BIN/tools/defenderctl" audit --state-dir "$work/authz-state") \
+  || fail "the journal does not name the token's caller"
+run denied --machine "$machine" --sha1 3333333333333333333333333333333333333333 --comment "no token"
+[ "$code" -eq 3 ] || fail "a call without the token exited $code"
+grep -q "^quarantine_and_watch: PERMISSION_DENIED: .*\[CALLER_NOT_ALLOWED\]$" "$work/denied.err" \
+  || fail "no PERMISSION_DENIED [CALLER_NOT_ALLOWED]: $(cat "$work/denied.err")"
+run notoken --token-file "$work/none" --machine "$machine" --sha1 "$sha1" --comment x
+[ "$code" -eq 2 ] || fail "an unreadable --token-file exited $code"
+
+# (h) no secret in any output or log: the client secret, the private keys, the token.
+outputs=("$work"/*.out "$work"/*.err "$work"/*.log)
+if grep -l "PRIVATE KEY" "${outputs[@]}"; then fail "a private key appears in output"; fi
+if grep -l "sandbox-secret" "${outputs[@]}"; then fail "the client secret appears in output"; fi
+if grep -l -F "$token" "${outputs[@]}"; then fail "the bearer token appears in output"; fi
 echo "example_test: ok"

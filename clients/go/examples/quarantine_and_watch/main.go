@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/local"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -61,8 +62,11 @@ func rpcError(err error) int {
 	return 3
 }
 
-// codeName gives the canonical name (INVALID_ARGUMENT), not Go's CamelCase.
+// codeName gives the canonical name (INVALID_ARGUMENT, CANCELLED), not Go's CamelCase.
 func codeName(c codes.Code) string {
+	if c == codes.Canceled {
+		return "CANCELLED" // Go spells it Canceled
+	}
 	return regexp.MustCompile(`([a-z])([A-Z])`).ReplaceAllString(c.String(), "${1}_${2}")
 }
 
@@ -135,6 +139,11 @@ func run() int {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+strings.TrimSpace(string(b)))
 	}
 	opts := []grpc.DialOption{grpc.WithInsecure()}
+	if *tokenFile != "" {
+		// A token over plaintext goes only to loopback or a unix socket: gRPC's local
+		// credentials refuse any other address at the handshake.
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(local.NewCredentials())}
+	}
 	if *tlsCA != "" {
 		pem, err := ioutil.ReadFile(*tlsCA)
 		pool := x509.NewCertPool()
@@ -200,8 +209,10 @@ func run() int {
 		if last != nil && final(last.GetStatus()) {
 			break
 		}
-		if status.Code(err) == codes.Unavailable {
-			time.Sleep(500 * time.Millisecond) // the stream broke: reopen it
+		// The stream broke (UNAVAILABLE), or a draining plugin ended it (a CANCELLED
+		// this client did not ask for): reopen it, on this or another replica.
+		if c := status.Code(err); c == codes.Unavailable || c == codes.Canceled {
+			time.Sleep(500 * time.Millisecond)
 			continue
 		}
 		if s, ok := status.FromError(err); ok && s.Code() != codes.OK {
