@@ -15,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "adapters/common/error.h"
 #include "adapters/common/file.h"
+#include "adapters/redis/redis_client.h"
 #include "server/config_file.h"
 #include "server/flags.h"
 
@@ -44,6 +45,8 @@ struct RawSettings {
   std::string journal_sync;
   int watch_poll_seconds = 2;
   int watch_max_poll_seconds = 30;
+  std::string redis_url;
+  int redis_replicas = 1;
 };
 
 void RegisterFlags(FlagParser& flags, RawSettings& raw) {
@@ -125,6 +128,13 @@ void RegisterFlags(FlagParser& flags, RawSettings& raw) {
                "first pause between WatchMachineAction polls (DEFENDER_WATCH_POLL_SECONDS; 2)");
   flags.AddInt("watch-max-poll-seconds", &raw.watch_max_poll_seconds,
                "longest pause between polls (DEFENDER_WATCH_MAX_POLL_SECONDS; 30)");
+  flags.AddString("redis-url", &raw.redis_url,
+                  "replicas share the rate budget through this Redis (DEFENDER_REDIS_URL; "
+                  "default: none, the budget is this process's own)",
+                  "redis://HOST:PORT[/DB]");
+  flags.AddInt("redis-replicas", &raw.redis_replicas,
+               "the fewest replicas to assume when Redis is unreachable: each then keeps "
+               "1/N of the budget (DEFENDER_REDIS_REPLICAS; 1, or the most seen alive)");
 }
 
 // DefaultStateDir is where the journal lives when nothing says otherwise.
@@ -414,6 +424,20 @@ absl::StatusOr<PluginConfig> LoadConfig(int argc, const char* const* argv, const
   } else if (!sync.empty() && sync != "full") {
     return ConfigError(absl::StrCat("DEFENDER_JOURNAL_SYNC (--journal-sync) must be full or "
                                     "normal, not '", sync, "'"));
+  }
+  config.redis_url = Pick(raw.redis_url, env, "DEFENDER_REDIS_URL");
+  if (!config.redis_url.empty()) {
+    if (absl::StatusOr<redis::RedisUrl> url = redis::ParseRedisUrl(config.redis_url); !url.ok()) {
+      return ConfigError(absl::StrCat("DEFENDER_REDIS_URL (--redis-url): ", url.status().message()));
+    }
+  }
+  if (absl::Status picked = PickInt(flags, "redis-replicas", raw.redis_replicas, env,
+                                    "DEFENDER_REDIS_REPLICAS", &config.redis_replicas);
+      !picked.ok()) {
+    return picked;
+  }
+  if (config.redis_replicas < 1) {
+    return ConfigError("DEFENDER_REDIS_REPLICAS (--redis-replicas) must be >= 1");
   }
   config.request_id_window = absl::Hours(window_hours);
   config.journal_retention = absl::Hours(24) * retention_days;

@@ -126,6 +126,13 @@ struct PluginConfig {
   // answer up to watch_max_poll_interval, back to the start on a change.
   absl::Duration watch_poll_interval = absl::Seconds(2);
   absl::Duration watch_max_poll_interval = absl::Seconds(30);
+  // Shared state (--redis-url, DEFENDER_REDIS_URL): "" = none, the budget is
+  // this process's; else redis://HOST:PORT[/DB], where every replica takes
+  // its rate slots (server/shared_budget.h).
+  std::string redis_url;
+  // When Redis is unreachable each replica keeps 1/N of the budget, N at
+  // least this (--redis-replicas, DEFENDER_REDIS_REPLICAS).
+  int redis_replicas = 1;
   std::vector<TenantConfig> tenants;  // tenants[0] is the default tenant
   std::string config_file;            // --config: where tenants came from ("" = environment)
   // Where managed identities get tokens (process-wide, from the environment

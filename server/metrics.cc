@@ -91,6 +91,16 @@ PrometheusMetrics::PrometheusMetrics() : registry_(std::make_shared<prometheus::
                          .Name("defender_plugin_token_refresh_duration_seconds")
                          .Help("Time of one token request, by tenant")
                          .Register(r);
+  shared_budget_ = &prometheus::BuildGauge()
+                       .Name("defender_plugin_shared_budget")
+                       .Help("With --redis-url: 1 while the rate budget is shared in Redis, 0 "
+                             "while Redis is unreachable and this replica keeps a local share")
+                       .Register(r);
+  shared_budget_degraded_ = &prometheus::BuildCounter()
+                                .Name("defender_plugin_shared_budget_degraded_total")
+                                .Help("Times Redis became unreachable and the budget fell back "
+                                      "to local shares")
+                                .Register(r);
   prometheus::BuildGauge()
       .Name("defender_plugin_build_info")
       .Help("1, labelled with the plugin's version")
@@ -157,6 +167,11 @@ void PrometheusMetrics::LimiterRejected(absl::string_view tenant, absl::string_v
 }
 
 void PrometheusMetrics::LimiterWaiting(int delta) { waiting_->Increment(delta); }
+
+void PrometheusMetrics::SharedBudgetMode(bool shared) {
+  shared_budget_->Add({}).Set(shared ? 1 : 0);
+  if (!shared) shared_budget_degraded_->Add({}).Increment();
+}
 
 void PrometheusMetrics::TokenRefreshed(absl::string_view tenant, absl::string_view failure_reason,
                                        absl::Duration latency) {

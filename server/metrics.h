@@ -71,6 +71,7 @@ class PrometheusMetrics final : public Metrics {
   void LimiterWaiting(int delta) override;
   void TokenRefreshed(absl::string_view tenant, absl::string_view failure_reason,
                       absl::Duration latency) override;
+  void SharedBudgetMode(bool shared) override;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -86,6 +87,8 @@ class PrometheusMetrics final : public Metrics {
   prometheus::Family<prometheus::Counter>* token_refreshes_;
   prometheus::Family<prometheus::Counter>* token_failures_;
   prometheus::Family<prometheus::Histogram>* token_duration_;
+  prometheus::Family<prometheus::Gauge>* shared_budget_;
+  prometheus::Family<prometheus::Counter>* shared_budget_degraded_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };

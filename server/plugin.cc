@@ -12,6 +12,7 @@
 #include "adapters/common/error.h"
 #include "adapters/defender/rest_defender_client.h"
 #include "adapters/http/curl_transport.h"
+#include "server/log.h"
 
 namespace defender {
 
@@ -27,6 +28,37 @@ absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const Plugi
   runtime->transport_ = *std::move(transport);
   runtime->metered_transport_ =
       std::make_unique<http::MeteredTransport>(*runtime->transport_, metrics);
+  if (!config.redis_url.empty()) {
+    absl::StatusOr<redis::RedisUrl> url = redis::ParseRedisUrl(config.redis_url);
+    if (!url.ok()) return url.status();
+    redis::HiredisClientOptions redis_options;
+    redis_options.url = *url;
+    runtime->redis_ = redis::HiredisClient::Create(redis_options);
+    SharedStateOptions shared_options;
+    shared_options.min_replicas = config.redis_replicas;
+    PluginRuntime* self = runtime.get();
+    const std::string where = url->Display();
+    runtime->shared_ = std::make_unique<SharedState>(
+        *runtime->redis_, runtime->transport_->scheduler(), shared_options,
+        [self, where](bool shared, const absl::Status& why) {
+          if (shared) {
+            Log(LogLevel::kWarn, "shared budget: Redis is reachable again; the rate budget is "
+                                 "shared by every replica again",
+                {{"redis", where}});
+          } else {
+            Log(LogLevel::kError,
+                "shared budget DEGRADED: Redis is unreachable; until it is back this replica "
+                "keeps a local 1/N share of each rate limit",
+                {{"redis", where}, {"error", std::string(why.message())}});
+          }
+          self->metrics_->SharedBudgetMode(shared);
+          absl::MutexLock lock(&self->observer_mu_);
+          if (self->observer_) self->observer_(shared);
+        });
+    metrics.SharedBudgetMode(true);
+    Log(LogLevel::kInfo, "shared budget: replicas take their rate slots from Redis",
+        {{"redis", where}, {"replicas_assumed_if_down", int64_t{config.redis_replicas}}});
+  }
   return runtime;
 }
 
@@ -37,6 +69,10 @@ PluginRuntime::~PluginRuntime() {
     absl::MutexLock lock(&mu_);
     budgets_.clear();
   }
+  // The shared state (its heartbeat timer), then the Redis client (it fails
+  // what is queued; the callbacks find their owners gone).
+  shared_.reset();
+  redis_.reset();
   metered_transport_.reset();
   transport_.reset();
 }
@@ -47,10 +83,22 @@ std::shared_ptr<RateLimiter> PluginRuntime::Budget(const std::string& name, Rate
   if (entry.limiter == nullptr || entry.limits.per_minute != limits.per_minute ||
       entry.limits.per_hour != limits.per_hour) {
     entry.limits = limits;
-    entry.limiter = std::make_shared<MeteredRateLimiter>(
-        std::make_shared<SlidingWindowLimiter>(limits, transport_->scheduler()), *metrics_);
+    std::shared_ptr<RateLimiter> limiter;
+    if (shared_ != nullptr) {
+      limiter = std::make_shared<SharedRateLimiter>(limits, *shared_);
+    } else {
+      limiter = std::make_shared<SlidingWindowLimiter>(limits, transport_->scheduler());
+    }
+    entry.limiter = std::make_shared<MeteredRateLimiter>(std::move(limiter), *metrics_);
   }
   return entry.limiter;
+}
+
+bool PluginRuntime::shared_budget() const { return shared_ == nullptr || shared_->shared(); }
+
+void PluginRuntime::OnSharedModeChange(absl::AnyInvocable<void(bool shared)> observer) {
+  absl::MutexLock lock(&observer_mu_);
+  observer_ = std::move(observer);
 }
 
 namespace {

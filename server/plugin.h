@@ -28,8 +28,10 @@
 #include "adapters/http/http_transport.h"
 #include "adapters/http/metered_transport.h"
 #include "adapters/common/metrics.h"
+#include "adapters/redis/hiredis_client.h"
 #include "server/config.h"
 #include "server/rate_limiter.h"
+#include "server/shared_budget.h"
 
 namespace defender {
 
@@ -62,14 +64,27 @@ class PluginRuntime {
   Metrics& metrics() { return *metrics_; }
 
   // Budget returns the limiter of tenant `name` with `limits`: the same one
-  // for the same name and limits, across reloads.
+  // for the same name and limits, across reloads. With config.redis_url, a
+  // SharedRateLimiter (the budget every replica shares), else a local one.
   std::shared_ptr<RateLimiter> Budget(const std::string& name, RateLimits limits);
+
+  // With config.redis_url: whether the budget is shared now (else degraded
+  // to local shares); always true without Redis. OnSharedModeChange sets
+  // the one observer of changes (called from the Redis client's thread);
+  // every change is also logged and reported to the metrics.
+  bool shared_budget() const;
+  bool uses_redis() const { return shared_ != nullptr; }
+  void OnSharedModeChange(absl::AnyInvocable<void(bool shared)> observer);
 
  private:
   PluginRuntime() = default;
   Metrics* metrics_ = nullptr;
   std::unique_ptr<http::CurlTransport> transport_;
   std::unique_ptr<http::MeteredTransport> metered_transport_;
+  std::unique_ptr<redis::HiredisClient> redis_;
+  std::unique_ptr<SharedState> shared_;
+  absl::Mutex observer_mu_;
+  absl::AnyInvocable<void(bool shared)> observer_ ABSL_GUARDED_BY(observer_mu_);
   absl::Mutex mu_;
   struct BudgetEntry {
     RateLimits limits;

@@ -128,6 +128,12 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
     health->SetServingStatus(name, true);
   }
   health->SetServingStatus(true);
+  if (server->runtime_->uses_redis()) {
+    server->runtime_->OnSharedModeChange([health](bool shared) {
+      health->SetServingStatus(kSharedBudgetHealthName, shared);
+    });
+    health->SetServingStatus(kSharedBudgetHealthName, server->runtime_->shared_budget());
+  }
   return server;
 }
 
@@ -172,6 +178,7 @@ void PluginServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   if (options_.before_drain) options_.before_drain();
+  runtime_->OnSharedModeChange(nullptr);  // health stays NOT_SERVING from here
   server_->GetHealthCheckService()->SetServingStatus(false);
   // Watches end now, telling their callers to reconnect elsewhere.
   watches_->Close(MakeError(absl::StatusCode::kUnavailable,

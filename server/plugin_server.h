@@ -33,6 +33,10 @@ namespace defender {
 
 // kServiceName is the health-checked name of the API service.
 inline constexpr char kServiceName[] = "defender.v1.ResponseService";
+// kSharedBudgetHealthName is, with --redis-url, SERVING while the rate budget
+// is shared in Redis and NOT_SERVING while this replica is degraded to its
+// local share (the API itself stays SERVING: calls still work, within the share).
+inline constexpr char kSharedBudgetHealthName[] = "redis";
 
 // ServerOptions are what a mode of the binary adds to the server the
 // configuration describes (go-plugin mode: server/go_plugin.h).

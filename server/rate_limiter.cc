@@ -25,13 +25,15 @@ struct Window {
   int limit;
 };
 
-absl::Status CancelledError(const std::string& key) {
+}  // namespace
+
+absl::Status RateSlotCancelledError(const std::string& key) {
   return MakeError(absl::StatusCode::kCancelled,
                    absl::StrCat("cancelled while waiting for a Defender request slot for ", key),
                    "CANCELLED", {{"key", key}});
 }
 
-absl::Status ShutdownError(const std::string& key) {
+absl::Status RateSlotShutdownError(const std::string& key) {
   return MakeError(absl::StatusCode::kCancelled,
                    absl::StrCat("the plugin is shutting down: gave up waiting for a Defender "
                                 "request slot for ",
@@ -39,23 +41,27 @@ absl::Status ShutdownError(const std::string& key) {
                    "CANCELLED", {{"key", key}});
 }
 
-absl::Status RateLimitedError(const std::string& key, const Window& window, absl::Duration delay,
-                              const RateLimits& limits) {
+absl::Status RateLimitedError(const std::string& key, absl::string_view window,
+                              absl::Duration delay, const RateLimits& limits) {
+  const bool hour = window == "hour";
+  const int limit = hour ? limits.per_hour : limits.per_minute;
   absl::Status status = MakeError(
       absl::StatusCode::kResourceExhausted,
-      absl::StrCat("Defender request budget for ", key, " used up: ", window.limit, " requests ",
-                   window.per, "; the next slot frees in ", absl::FormatDuration(delay),
+      absl::StrCat("Defender request budget for ", key, " used up: ", limit, " requests ",
+                   hour ? "an hour" : "a minute", "; the next slot frees in ",
+                   absl::FormatDuration(delay),
                    ", after the call's deadline. Defender documents 100 calls a minute and "
                    "1,500 an hour per app, tenant and API; this plugin allows ",
                    limits.per_minute, " a minute and ", limits.per_hour,
                    " an hour (0 = no limit), set with DEFENDER_RATE_PER_MINUTE and "
                    "DEFENDER_RATE_PER_HOUR"),
       "RATE_LIMITED",
-      {{"key", key}, {"window", window.name}, {"limit", absl::StrCat(window.limit)}});
+      {{"key", key}, {"window", hour ? "hour" : "minute"}, {"limit", absl::StrCat(limit)}});
   SetRetryDelay(status, delay);
   return status;
 }
 
+namespace {
 }  // namespace
 
 struct SlidingWindowLimiter::Core {
@@ -173,7 +179,7 @@ struct SlidingWindowLimiter::Core {
       if (cancelled) {
         scheduler.Cancel(waiter.timer);  // false if firing now: it will find nothing
         GiveBack(state, waiter.slot);
-        result = CancelledError(waiter.key->first);
+        result = RateSlotCancelledError(waiter.key->first);
         if (state.slots.empty() && state.waiting == 0) keys.erase(waiter.key);
       } else if (absl::Time now = clock.Now(); now > waiter.slot) {
         Move(state, waiter.slot, now);
@@ -211,7 +217,7 @@ SlidingWindowLimiter::~SlidingWindowLimiter() {
     for (auto& [id, waiter] : waiters) {
       core_->scheduler.Cancel(waiter.timer);
       --waiter.key->second.waiting;
-      results.push_back(ShutdownError(waiter.key->first));
+      results.push_back(RateSlotShutdownError(waiter.key->first));
     }
   }
   auto result = results.begin();
@@ -224,7 +230,7 @@ SlidingWindowLimiter::~SlidingWindowLimiter() {
 void SlidingWindowLimiter::Acquire(const std::string& key, absl::Time deadline,
                                    std::shared_ptr<Cancellation> cancellation, Callback done) {
   if (cancellation != nullptr && cancellation->IsCancelled()) {
-    std::move(done)(CancelledError(key));
+    std::move(done)(RateSlotCancelledError(key));
     return;
   }
   Core& core = *core_;
@@ -266,7 +272,7 @@ void SlidingWindowLimiter::Acquire(const std::string& key, absl::Time deadline,
     return;
   }
   if (slot > deadline) {
-    std::move(done)(RateLimitedError(key, *binding, slot - now, core.limits));
+    std::move(done)(RateLimitedError(key, binding->name, slot - now, core.limits));
     return;
   }
   if (cancellation == nullptr) return;

@@ -23,6 +23,8 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "adapters/common/cancellation.h"
 #include "adapters/common/clock.h"
@@ -89,6 +91,17 @@ class SlidingWindowLimiter final : public RateLimiter {
   struct Core;
   std::shared_ptr<Core> core_;
 };
+
+// The errors this limiter and SharedRateLimiter (server/shared_budget.h)
+// complete callers with, for `key`: CANCELLED (reason CANCELLED) when the
+// caller's cancellation is raised, or when the limiter is destroyed; and
+// RESOURCE_EXHAUSTED (reason RATE_LIMITED, metadata key, window, limit, a
+// RetryInfo of `delay`) when `window` ("minute" or "hour") has no slot before
+// the deadline.
+absl::Status RateSlotCancelledError(const std::string& key);
+absl::Status RateSlotShutdownError(const std::string& key);
+absl::Status RateLimitedError(const std::string& key, absl::string_view window,
+                              absl::Duration delay, const RateLimits& limits);
 
 }  // namespace defender
 

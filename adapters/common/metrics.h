@@ -52,6 +52,10 @@ class Metrics {
   // error's reason (TOKEN_REQUEST_REJECTED, ...).
   virtual void TokenRefreshed(absl::string_view tenant, absl::string_view failure_reason,
                               absl::Duration latency) = 0;
+
+  // SharedBudgetMode reports the Redis-shared budget (--redis-url) turning
+  // shared (true) or degraded to local shares (false). Default: dropped.
+  virtual void SharedBudgetMode(bool shared) {}
 };
 
 // NoMetrics drops every event.
