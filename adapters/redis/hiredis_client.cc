@@ -1,6 +1,8 @@
 #include "adapters/redis/hiredis_client.h"
 
 #include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/time.h>
 
 #include <algorithm>
@@ -79,6 +81,13 @@ void HiredisClient::Eval(const Script& script, std::vector<std::string> keys,
 }
 
 void HiredisClient::Run() {
+  // A write to a connection Redis has reset raises SIGPIPE in the writing
+  // thread, which would end the process: blocked here, the write fails with
+  // EPIPE instead and the call gets UNAVAILABLE.
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
   while (true) {
     std::vector<Call> calls;
     bool stopping;

@@ -161,6 +161,30 @@ TEST(HiredisClientTest, ReconnectsWhenRedisComesBack) {
   EXPECT_EQ(reply->integer, 1);  // NOSCRIPT was answered by loading it
 }
 
+TEST(HiredisClientTest, RedisKilledMidBurstAnswersEveryCallOnce) {
+  // Each call is answered exactly once: a reply, or UNAVAILABLE for those in
+  // flight or queued when Redis died.
+  RedisServer server;
+  ASSERT_TRUE(server.Start());
+  std::unique_ptr<HiredisClient> client = ClientFor(server);
+  ASSERT_TRUE(EvalNow(*client, kIncr, {"c"}, {}).ok());
+  constexpr int kCalls = 3000;
+  absl::BlockingCounter left(kCalls);
+  std::atomic<int> ok{0}, unavailable{0};
+  for (int i = 0; i < kCalls; ++i) {
+    if (i == kCalls / 3) server.Stop();
+    client->Eval(kEcho, {"k"}, {std::string(2048, 'x'), "1"}, absl::Now() + absl::Seconds(10),
+                 [&](absl::StatusOr<Reply> reply) {
+                   (reply.ok() ? ok : unavailable).fetch_add(1);
+                   if (!reply.ok()) EXPECT_EQ(reply.status().code(), absl::StatusCode::kUnavailable);
+                   left.DecrementCount();
+                 });
+  }
+  left.Wait();
+  EXPECT_EQ(ok.load() + unavailable.load(), kCalls);
+  EXPECT_GT(unavailable.load(), 0);
+}
+
 TEST(HiredisClientTest, ACallPastItsDeadlineIsNotSent) {
   RedisServer server;
   ASSERT_TRUE(server.Start());
