@@ -74,6 +74,8 @@ class PluginRuntime {
   // every change is also logged and reported to the metrics.
   bool shared_budget() const;
   bool uses_redis() const { return shared_ != nullptr; }
+  // shared_state is the link to Redis (null without config.redis_url).
+  SharedState* shared_state() const { return shared_.get(); }
   void OnSharedModeChange(absl::AnyInvocable<void(bool shared)> observer);
 
  private:

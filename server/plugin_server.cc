@@ -85,6 +85,12 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
   if (!journal.ok()) return journal.status();
   server->journal_ = *std::move(journal);
   server->ledger_ = std::make_unique<RequestLedger>(*server->journal_, config.request_id_window);
+  if (SharedState* shared = server->runtime_->shared_state(); shared != nullptr) {
+    SharedRequestsOptions shared_options;
+    shared_options.window = config.request_id_window;
+    server->shared_requests_ = std::make_unique<SharedRequests>(*shared, shared_options);
+    server->ledger_->ShareWith(server->shared_requests_.get());
+  }
   WatchOptions watch_options;
   watch_options.initial_interval = config.watch_poll_interval;
   watch_options.max_interval = config.watch_max_poll_interval;
@@ -194,6 +200,7 @@ void PluginServer::Shutdown(absl::Duration grace) {
     absl::MutexLock lock(&mu_);
     plugin_.reset();
   }
+  shared_requests_.reset();  // answers claims still waiting, through the ledger
   ledger_.reset();
   journal_.reset();
   runtime_.reset();

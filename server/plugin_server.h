@@ -25,6 +25,7 @@
 #include "server/metrics.h"
 #include "server/plugin.h"
 #include "server/request_ledger.h"
+#include "server/shared_requests.h"
 #include "server/response_service_impl.h"
 #include "server/target_resolver.h"
 #include "server/watch_hub.h"
@@ -94,6 +95,8 @@ class PluginServer final : public TenantDirectory {
   std::unique_ptr<PluginRuntime> runtime_;
   std::unique_ptr<journal::Journal> journal_;  // in config.state_dir
   std::unique_ptr<RequestLedger> ledger_;
+  // With --redis-url: the request records replicas share (exactly-once).
+  std::unique_ptr<SharedRequests> shared_requests_;
   std::unique_ptr<WatchHub> watches_;
   std::unique_ptr<TargetResolver> resolver_;
   std::unique_ptr<Authorizer> authorizer_;  // null: no --authz

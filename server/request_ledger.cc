@@ -1,5 +1,6 @@
 #include "server/request_ledger.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -102,7 +103,7 @@ void RequestLedger::OnBegin(absl::StatusOr<journal::BeginResult> begun, const st
                             const std::string& params, Work work) {
   if (!begun.ok()) return Settle(key, JournalUnavailable(begun.status()), false);
   journal::Entry entry = std::move(begun->entry);
-  if (begun->created) return Execute(std::move(entry), absl::InfiniteFuture(), std::move(work));
+  if (begun->created) return Claimed(std::move(entry), absl::InfiniteFuture(), std::move(work));
   if (entry.params != params) return Settle(key, RequestIdReused(), false);
 
   switch (entry.state) {
@@ -149,36 +150,101 @@ void RequestLedger::OnBegin(absl::StatusOr<journal::BeginResult> begun, const st
       journal_.Update(std::move(entry), [this, key, rerun = std::move(rerun), maybe_sent_since,
                                          work = std::move(work)](absl::Status written) mutable {
         if (!written.ok()) return Settle(key, JournalUnavailable(written), false);
-        Execute(std::move(rerun), maybe_sent_since, std::move(work));
+        Claimed(std::move(rerun), maybe_sent_since, std::move(work));
       });
       return;
     }
   }
 }
 
-void RequestLedger::Execute(journal::Entry entry, absl::Time maybe_sent_since, Work work) {
+void RequestLedger::Claimed(journal::Entry entry, absl::Time maybe_sent_since, Work work) {
+  if (claims_ == nullptr || entry.request_key.empty()) {
+    return Execute(std::move(entry), maybe_sent_since, std::move(work));
+  }
+  const std::string key = entry.request_key;
+  const std::string params = entry.params;
+  claims_->Claim(key, params, [this, entry = std::move(entry), maybe_sent_since,
+                               work = std::move(work)](RequestClaim claim) mutable {
+    switch (claim.kind) {
+      case RequestClaim::Kind::kRun:
+        return Execute(std::move(entry), std::min(maybe_sent_since, claim.maybe_sent_since),
+                       std::move(work), /*claimed=*/true);
+      case RequestClaim::Kind::kDone:
+        ++entry.replays;
+        return Answered(std::move(entry), std::move(claim.action), true);
+      case RequestClaim::Kind::kReused:
+        return Answered(std::move(entry), RequestIdReused(), false);
+      case RequestClaim::Kind::kUnavailable:
+        break;
+    }
+    if (claim.waited) {
+      // Another replica has this request in hand and may be sending it now:
+      // running it here too could act twice. The caller retries.
+      absl::Status error = MakeError(
+          absl::StatusCode::kUnavailable,
+          absl::StrCat("another replica is running this request_id and the shared state "
+                       "became unreachable (",
+                       claim.error.message(), "): call again with the same request_id"),
+          "REDIS_UNAVAILABLE", {{"field", "request_id"}, {"outcome", "unknown"}});
+      return Answered(std::move(entry), std::move(error), false);
+    }
+    // Redis unreachable before any replica was seen running it: run here, but
+    // look first for an action another replica may have created meanwhile.
+    Log(LogLevel::kWarn,
+        "shared state unreachable: a request_id runs on this replica alone, looking first for "
+        "an action another replica may have created",
+        {{"error", std::string(claim.error.message())}});
+    Execute(std::move(entry), std::min(maybe_sent_since, clock_.Now() - kSharedLookback),
+            std::move(work));
+  });
+}
+
+namespace {
+
+// Record writes `result` into `entry`.
+void Record(journal::Entry& entry, const absl::StatusOr<v1::MachineAction>& result) {
+  if (result.ok()) {
+    entry.state = journal::EntryState::kSucceeded;
+    entry.outcome_unknown = false;
+    entry.action_id = result->id();
+    entry.action_json.clear();
+    entry.action_proto = result->SerializeAsString();
+    entry.status_code = 0;
+    entry.error_reason.clear();
+    entry.error_message.clear();
+  } else {
+    entry.state = journal::EntryState::kFailed;
+    entry.outcome_unknown = OutcomeUnknown(result.status());
+    entry.status_code = static_cast<int>(result.status().code());
+    entry.error_reason = ErrorReason(result.status());
+    entry.error_message = std::string(result.status().message());
+  }
+}
+
+}  // namespace
+
+void RequestLedger::Answered(journal::Entry entry, absl::StatusOr<v1::MachineAction> result,
+                             bool replayed) {
+  const std::string key = entry.request_key;
+  Record(entry, result);
+  journal_.Update(std::move(entry), [this, key, result = std::move(result),
+                                     replayed](absl::Status) mutable {
+    // The local record is bookkeeping here: the answer stands without it.
+    Settle(key, std::move(result), replayed);
+  });
+}
+
+void RequestLedger::Execute(journal::Entry entry, absl::Time maybe_sent_since, Work work,
+                            bool claimed) {
   const std::string key =
       entry.request_key.empty() ? absl::StrCat("\x1e", entry.id) : entry.request_key;
-  std::move(work)(maybe_sent_since, [this, key, entry = std::move(entry)](
+  std::move(work)(maybe_sent_since, [this, key, claimed, entry = std::move(entry)](
                                         WorkResult result) mutable {
     if (!result.machine_id.empty()) entry.machine_id = result.machine_id;
     if (!result.sha1.empty()) entry.file_sha1 = result.sha1;
-    if (result.action.ok()) {
-      entry.state = journal::EntryState::kSucceeded;
-      entry.outcome_unknown = false;
-      entry.action_id = result.action->id();
-      entry.action_json.clear();
-      entry.action_proto = result.action->SerializeAsString();
-      entry.status_code = 0;
-      entry.error_reason.clear();
-      entry.error_message.clear();
-    } else {
-      entry.state = journal::EntryState::kFailed;
-      entry.outcome_unknown = OutcomeUnknown(result.action.status());
-      entry.status_code = static_cast<int>(result.action.status().code());
-      entry.error_reason = ErrorReason(result.action.status());
-      entry.error_message = std::string(result.action.status().message());
-    }
+    Record(entry, result.action);
+    // Other replicas hear the outcome now (they may be waiting for it).
+    if (claimed) claims_->Finish(key, result.action);
     const int64_t id = entry.id;
     journal_.Update(std::move(entry), [this, key, id, action = std::move(result.action)](
                                           absl::Status written) mutable {

@@ -16,6 +16,15 @@
 //    (REQUEST_ID_REUSED), and nothing runs.
 // When the journal cannot be written the call fails with UNAVAILABLE
 // (JOURNAL_UNAVAILABLE) before anything is sent.
+//
+// With ShareWith (replicas on one Redis, server/shared_requests.h), a keyed
+// request this journal does not already know as succeeded is claimed there
+// before it runs: a request another replica ran is answered with its action
+// (and recorded here as a replay), one another replica is running now is
+// waited for, and a replica's lapsed or unknown run is taken over with its
+// start as maybe_sent_since. Redis unreachable at the claim: the request runs
+// here with maybe_sent_since = now - kSharedLookback, so the work looks for an
+// action another replica may have created before it creates one.
 #ifndef DEFENDER_SERVER_REQUEST_LEDGER_H_
 #define DEFENDER_SERVER_REQUEST_LEDGER_H_
 
@@ -31,6 +40,7 @@
 #include "adapters/common/clock.h"
 #include "adapters/journal/journal.h"
 #include "defender/v1/response_service.pb.h"
+#include "server/request_claims.h"
 
 namespace defender {
 
@@ -56,6 +66,12 @@ class RequestLedger {
 
   RequestLedger(journal::Journal& journal, absl::Duration window, Clock& clock = Clock::Real());
 
+  // ShareWith makes keyed requests exactly-once across the replicas behind
+  // `claims` (null: this process only). Call before the first Run; `claims`
+  // must outlive the ledger.
+  void ShareWith(RequestClaims* claims) { claims_ = claims; }
+  static constexpr absl::Duration kSharedLookback = absl::Hours(1);
+
   // Run records `entry` (request_key, params, method, caller, tenant and what
   // is known of machine, file and comment) and runs `work` unless the key
   // says it already ran; `done` is called once, on any thread.
@@ -73,12 +89,20 @@ class RequestLedger {
 
   void OnBegin(absl::StatusOr<journal::BeginResult> begun, const std::string& key,
                const std::string& params, Work work);
-  void Execute(journal::Entry entry, absl::Time maybe_sent_since, Work work);
+  // Claimed runs `work` for a keyed entry once the shared claim allows it
+  // (directly without ShareWith).
+  void Claimed(journal::Entry entry, absl::Time maybe_sent_since, Work work);
+  // Answered records an answer that came from elsewhere (another replica's
+  // action, or an error) in `entry`, then settles the key.
+  void Answered(journal::Entry entry, absl::StatusOr<v1::MachineAction> result, bool replayed);
+  void Execute(journal::Entry entry, absl::Time maybe_sent_since, Work work,
+               bool claimed = false);
   void Settle(const std::string& key, absl::StatusOr<v1::MachineAction> result, bool replayed);
 
   journal::Journal& journal_;
   const absl::Duration window_;
   Clock& clock_;
+  RequestClaims* claims_ = nullptr;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Pending>> in_flight_ ABSL_GUARDED_BY(mu_);
 };

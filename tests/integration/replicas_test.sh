@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Three defender-plugin replicas sharing one rate budget in a real redis-server
+# Three defender-plugin replicas sharing one rate budget and one memory of request_ids in a
+# real redis-server
 # (--redis-url), against the sandbox:
+# (d) one request_id sent to all three at once: one POST, the same action everywhere;
+#     repeats on each replica are replays; other parameters are REQUEST_ID_REUSED;
 # (a) a burst over the budget spread across the replicas: the sandbox receives exactly
 #     the budget, the rest are RESOURCE_EXHAUSTED [RATE_LIMITED];
 # (b) Redis stopped: every replica stays up, says so (log, health "redis" NOT_SERVING),
@@ -53,6 +56,7 @@ wait_health() {  # wait_health NAME STATUS: until the replica's "redis" health i
 }
 
 plugin_pids=()
+once_jobs=()
 budget=6  # a minute, per tenant and API, for the whole cluster
 start_sandbox
 start_redis
@@ -85,13 +89,53 @@ burst() {
   echo "$name: $n calls, $ok answered, $limited RATE_LIMITED"
 }
 
-# (a) 15 calls, 5 per replica, with a budget of 6: exactly 6 reach Defender.
+# (d) one request_id sent to all three at once, while the first POST is still being
+# answered (the sandbox sends its body slowly): one POST, the same action from every
+# replica; then again to each, one after the other: replays, nothing sent.
+sb -X DELETE "$sandbox/sandbox/requests" >/dev/null
+sb -X POST -H 'Content-Type: application/json' \
+  --data '{"method":"POST","path_regex":"/StopAndQuarantineFile$","times":1,"kind":"slow","delay_ms":40}' \
+  "$sandbox/sandbox/faults" >/dev/null || fail "could not set the slow fault"
+mkdir -p "$work/once"
+for r in r1 r2 r3; do
+  "$BIN/tools/defenderctl" quarantine --target "127.0.0.1:$(cat "$work/$r.port")" --timeout-seconds 30 \
+    --machine "$machine" --sha1 5555555555555555555555555555555555555555 --comment "once" \
+    --request-id shared-once-1 >"$work/once/$r.out" 2>"$work/once/$r.err" &
+  once_jobs+=($!)
+done
+for job in "${once_jobs[@]}"; do wait "$job" || fail "a replica failed the shared request_id: $(cat "$work"/once/*.err)"; done
+sb -X DELETE "$sandbox/sandbox/faults" >/dev/null
+action_of() { sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' "$1" | head -n 1; }
+first="$(action_of "$work/once/r1.out")"
+[ -n "$first" ] || fail "no action from r1: $(cat "$work/once/r1.out")"
+for r in r2 r3; do
+  [ "$(action_of "$work/once/$r.out")" = "$first" ] || fail "$r answered another action than r1"
+done
+posts="$(upstream_posts)"
+[ "$posts" -eq 1 ] || fail "one request_id on three replicas sent $posts POSTs, not one"
+for r in r3 r2 r1; do
+  "$BIN/tools/defenderctl" quarantine --target "127.0.0.1:$(cat "$work/$r.port")" --timeout-seconds 10 \
+    --machine "$machine" --sha1 5555555555555555555555555555555555555555 --comment "once" \
+    --request-id shared-once-1 >"$work/once/again-$r.out" 2>&1 || fail "$r: the repeat failed"
+  [ "$(action_of "$work/once/again-$r.out")" = "$first" ] || fail "$r: the repeat gave another action"
+done
+posts="$(upstream_posts)"
+[ "$posts" -eq 1 ] || fail "repeats of the request_id sent $((posts - 1)) more POSTs"
+# The same request_id with other parameters, on another replica: REQUEST_ID_REUSED.
+if "$BIN/tools/defenderctl" quarantine --target "127.0.0.1:$(cat "$work/r2.port")" --timeout-seconds 10 \
+  --machine "$machine" --sha1 6666666666666666666666666666666666666666 --comment "once" \
+  --request-id shared-once-1 >"$work/once/reused.out" 2>&1; then fail "a reused request_id was accepted"; fi
+grep -q REQUEST_ID_REUSED "$work/once/reused.out" || fail "no REQUEST_ID_REUSED: $(cat "$work/once/reused.out")"
+echo "shared request_id: one POST, action $first from all three"
+
+# (a) 15 calls, 5 per replica: with the one slot (d) used, exactly budget - 1 reach Defender.
 sb -X DELETE "$sandbox/sandbox/requests" >/dev/null
 burst shared 15
 posts="$(upstream_posts)"
-[ "$posts" -eq "$budget" ] || fail "shared: the sandbox got $posts POSTs, not the budget $budget"
-[ "$ok" -eq "$budget" ] && [ "$limited" -eq $((15 - budget)) ] \
-  || fail "shared: $ok answered, $limited RATE_LIMITED (want $budget and $((15 - budget)))"
+left=$((budget - 1))
+[ "$posts" -eq "$left" ] || fail "shared: the sandbox got $posts POSTs, not the $left left of the budget"
+[ "$ok" -eq "$left" ] && [ "$limited" -eq $((15 - left)) ] \
+  || fail "shared: $ok answered, $limited RATE_LIMITED (want $left and $((15 - left)))"
 
 # (b) Redis stops: no replica falls over; each says so and keeps 1/3 of the budget.
 stop_redis

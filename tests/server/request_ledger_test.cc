@@ -23,6 +23,7 @@
 #include "adapters/common/error.h"
 #include "adapters/journal/journal.h"
 #include "adapters/journal/sqlite_journal.h"
+#include "server/request_claims.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -1039,6 +1040,127 @@ TEST_F(RequestLedgerTest, DifferentKeysRunIndependently) {
 }
 
 // --- With the SQLite journal (restarts, real threads) --------------------------
+
+// --- Shared with other replicas (ShareWith), through a fake RequestClaims -----------
+
+// FakeClaims answers each Claim with the next scripted RequestClaim, inline,
+// and records Finish calls.
+class FakeClaims final : public RequestClaims {
+ public:
+  void Script(RequestClaim claim) { script_.push_back(std::move(claim)); }
+  void Claim(const std::string& key, const std::string& params, ClaimDone done) override {
+    claims_.push_back(key + "|" + params);
+    RequestClaim next = script_.front();
+    script_.pop_front();
+    std::move(done)(std::move(next));
+  }
+  void Finish(const std::string& key, const absl::StatusOr<v1::MachineAction>& result) override {
+    finished_.push_back(key + "|" + (result.ok() ? result->id() : ErrorReason(result.status())));
+  }
+  std::vector<std::string> claims_, finished_;
+
+ private:
+  std::deque<RequestClaim> script_;
+};
+
+class RequestLedgerSharedTest : public RequestLedgerTest {
+ protected:
+  RequestLedgerSharedTest() { ledger_.ShareWith(&claims_); }
+  FakeClaims claims_;
+};
+
+TEST_F(RequestLedgerSharedTest, ClaimedRunRunsAndTellsTheOtherReplicas) {
+  RequestClaim run;
+  run.kind = RequestClaim::Kind::kRun;
+  claims_.Script(run);
+  Answer answer;
+  ledger_.Run(Request("k"), work_.Answering(Succeeded("A1")), answer.Callback());
+  EXPECT_ACTION(answer, "A1");
+  EXPECT_EQ(claims_.claims_, std::vector<std::string>{"k|params-1"});
+  EXPECT_EQ(claims_.finished_, std::vector<std::string>{"k|A1"});
+  EXPECT_EQ(work_.since(), std::vector<absl::Time>{absl::InfiniteFuture()});
+}
+
+TEST_F(RequestLedgerSharedTest, TakenOverRunLooksSinceTheEarlierRunElsewhere) {
+  RequestClaim run;
+  run.kind = RequestClaim::Kind::kRun;
+  run.maybe_sent_since = clock_.Now() - absl::Minutes(3);
+  claims_.Script(run);
+  Answer answer;
+  ledger_.Run(Request("k"), work_.Answering(Failed(KnownFailure())), answer.Callback());
+  EXPECT_EQ(work_.since(), std::vector<absl::Time>{clock_.Now() - absl::Minutes(3)});
+  ASSERT_EQ(claims_.finished_.size(), 1u);  // failures are told too
+}
+
+TEST_F(RequestLedgerSharedTest, DoneElsewhereIsAReplayRecordedHereWithNothingRun) {
+  RequestClaim done;
+  done.kind = RequestClaim::Kind::kDone;
+  done.action = Action("A7");
+  done.waited = true;
+  claims_.Script(done);
+  Answer answer;
+  ledger_.Run(Request("k"), work_.Held(), answer.Callback());
+  EXPECT_EQ(work_.runs(), 0);
+  EXPECT_ACTION(answer, "A7");
+  EXPECT_TRUE(answer.replayed());
+  EXPECT_TRUE(claims_.finished_.empty());
+  std::vector<Entry> entries = journal_.All();
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].state, EntryState::kSucceeded);
+  EXPECT_EQ(entries[0].action_id, "A7");
+  EXPECT_EQ(entries[0].replays, 1);
+  // Known here from now on: a repeat replays from this journal, without a claim.
+  Answer again;
+  ledger_.Run(Request("k"), work_.Held(), again.Callback());
+  EXPECT_ACTION(again, "A7");
+  EXPECT_EQ(claims_.claims_.size(), 1u);
+}
+
+TEST_F(RequestLedgerSharedTest, OtherParamsElsewhereIsRequestIdReused) {
+  RequestClaim reused;
+  reused.kind = RequestClaim::Kind::kReused;
+  claims_.Script(reused);
+  Answer answer;
+  ledger_.Run(Request("k"), work_.Held(), answer.Callback());
+  EXPECT_EQ(work_.runs(), 0);
+  EXPECT_ERROR(answer, absl::StatusCode::kInvalidArgument, "REQUEST_ID_REUSED");
+}
+
+TEST_F(RequestLedgerSharedTest, UnreachableBeforeAnyOtherRunRunsHereLookingBack) {
+  RequestClaim down;
+  down.kind = RequestClaim::Kind::kUnavailable;
+  down.error = absl::UnavailableError("redis down");
+  claims_.Script(down);
+  Answer answer;
+  ledger_.Run(Request("k"), work_.Answering(Succeeded("A1")), answer.Callback());
+  EXPECT_ACTION(answer, "A1");
+  EXPECT_EQ(work_.since(),
+            std::vector<absl::Time>{clock_.Now() - RequestLedger::kSharedLookback});
+  EXPECT_TRUE(claims_.finished_.empty());  // not claimed: nothing to tell
+}
+
+TEST_F(RequestLedgerSharedTest, UnreachableWhileAnotherReplicaRunsItIsUnavailableAndNothingRuns) {
+  RequestClaim lost;
+  lost.kind = RequestClaim::Kind::kUnavailable;
+  lost.error = absl::UnavailableError("redis down");
+  lost.waited = true;
+  claims_.Script(lost);
+  Answer answer;
+  ledger_.Run(Request("k"), work_.Held(), answer.Callback());
+  EXPECT_EQ(work_.runs(), 0);
+  EXPECT_ERROR(answer, absl::StatusCode::kUnavailable, "REDIS_UNAVAILABLE");
+  std::vector<Entry> entries = journal_.All();
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].state, EntryState::kFailed);
+  EXPECT_TRUE(entries[0].outcome_unknown);  // the other replica may have sent
+}
+
+TEST_F(RequestLedgerSharedTest, CallsWithoutAKeyAreNotClaimed) {
+  Answer answer;
+  ledger_.Run(Request(""), work_.Answering(Succeeded("A1")), answer.Callback());
+  EXPECT_ACTION(answer, "A1");
+  EXPECT_TRUE(claims_.claims_.empty());
+}
 
 class RequestLedgerSqliteTest : public ::testing::Test {
  protected:
