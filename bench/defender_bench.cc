@@ -56,7 +56,7 @@ using json = nlohmann::ordered_json;
 constexpr char kUsage[] =
     "usage: defender-bench MODE [flags]\n"
     "  grpc    --target HOST:PORT --concurrency N --seconds S [--warmup-seconds W]\n"
-    "          [--rate R] [--machine ID] [--tag HEX8] [--tenant T]\n"
+    "          [--rate R] [--machine ID] [--tag HEX8] [--tenant T] [--request-ids 1]\n"
     "  direct  --url https://HOST:PORT --ca FILE --concurrency N --seconds S\n"
     "          [--warmup-seconds W] [--rate R] [--machine ID] [--tag HEX8] [--tenant-id ID]\n"
     "          [--client-id ID] (secret: $BENCH_CLIENT_SECRET) [--scope SCOPE]\n"
@@ -266,7 +266,10 @@ class GrpcLoad {
     c.context = std::make_unique<grpc::ClientContext>();
     c.context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     c.request.set_machine_id(machine_);
-    c.request.set_sha1(Sha1For(tag_, counter_.fetch_add(1)));
+    const uint64_t n = counter_.fetch_add(1);
+    c.request.set_sha1(Sha1For(tag_, n));
+    // A fresh request_id per call: the exactly-once path (journal, shared claims).
+    if (request_ids_) c.request.set_request_id(absl::StrCat("bench-", tag_, "-", n));
     c.request.set_comment("defender-bench");
     if (!tenant_.empty()) c.request.set_tenant(tenant_);
     c.response.Clear();
@@ -296,6 +299,7 @@ class GrpcLoad {
   const double rate_;  // 0 = closed loop
  public:
   bool time_errors_ = false;  // latency samples include failed calls
+  bool request_ids_ = false;  // each call carries a new request_id
  private:
   int64_t missed_ = 0;
   std::unique_ptr<defender::v1::ResponseService::Stub> stub_;
@@ -333,6 +337,7 @@ int RunGrpc(Flags& f) {
   const std::string tenant = f.Str("tenant", "-");
   // Failed calls' latency too (e.g. to time validation errors alone).
   const bool time_errors = f.Int("time-errors", 0) != 0;
+  const bool request_ids = f.Int("request-ids", 0) != 0;
   f.CheckAllUsed();
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
@@ -341,6 +346,7 @@ int RunGrpc(Flags& f) {
   }
   GrpcLoad load(channel, l.concurrency, l.machine, l.tag, tenant == "-" ? "" : tenant, l.rate);
   load.time_errors_ = time_errors;
+  load.request_ids_ = request_ids;
   std::cout << load.Run(absl::Seconds(l.warmup), absl::Seconds(l.seconds)).dump() << std::endl;
   return 0;
 }

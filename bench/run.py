@@ -12,7 +12,11 @@ limiter off), then measures, in this order:
   3. latency at a fixed offered load below saturation (16 callers, --paced-rps
      calls a second), plugin against ceiling: what the plugin adds;
   4. token requests the plugin made for all those calls;
-  5. 10,000 calls waiting on the plugin's limiter at once: RSS and threads.
+  5. 10,000 calls waiting on the plugin's limiter at once: RSS and threads;
+  6. the state replicas share (--redis-url, a redis-server started here): the
+     same calls, each with a request_id and taking a rate slot, through the
+     local limiter and journal, and through Redis as well (claims, slots):
+     throughput at 16 and 64 callers and p99 at --paced-rps.
 Prints one table, the ratios and each target with its verdict. Not a test: the
 figures depend on the machine; nothing here fails a build.
 """
@@ -120,12 +124,13 @@ class Bench:
             json.dump({"defaultTenant": "first", "tenants": tenants}, f)
         return path
 
-    def start_plugin(self, limiter_off=True, name="plugin", extra=()):
+    def start_plugin(self, limiter_off=True, name="plugin", extra=(), rates=None):
         """Starts the plugin on a free port; returns (process, target, start ns)."""
         port = free_port()
         state = os.path.join(self.work, f"state-{name}-{port}")
-        rates = (["--rate-per-minute", "0", "--rate-per-hour", "0"] if limiter_off else
-                 ["--rate-per-minute", "100", "--rate-per-hour", "0"])
+        if rates is None:
+            rates = (["--rate-per-minute", "0", "--rate-per-hour", "0"] if limiter_off else
+                     ["--rate-per-minute", "100", "--rate-per-hour", "0"])
         t0 = time.monotonic_ns()
         p = subprocess.Popen(
             [os.path.join(self.build, "server", "defender-plugin"), "--listen",
@@ -257,6 +262,43 @@ class Bench:
         result["threads"] = max(s["Threads"] for s in samples)
         return result
 
+    def shared(self, levels, rps):
+        """Local state against state shared in Redis, every call keyed and rate-limited
+        (a limit so high that no call waits: the cost of taking a slot, not of waiting)."""
+        server = "/usr/bin/redis-server"
+        if not os.path.exists(server):
+            return None
+        port = free_port()
+        redis = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                  "--appendonly", "no", "--logfile", os.path.join(self.work, "redis.log")])
+        self.procs.append(redis)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        a = self.args
+        common = ["--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup), "--request-ids", "1"]
+        rates = ["--rate-per-minute", "100000000", "--rate-per-hour", "0"]
+        out = {}
+        tag = iter(range(0x5000, 0x6000))
+        for key, extra in (("local", ()), ("redis", ("--redis-url", f"redis://127.0.0.1:{port}"))):
+            p, target, t0 = self.start_plugin(name=f"shared-{key}", extra=extra, rates=rates)
+            self.run_json([self.tool, "serving", "--target", target, "--since-monotonic-ns", str(t0)])
+            out[key] = {}
+            for c in levels:
+                self.sandbox("DELETE", "/sandbox/requests")
+                out[key][c] = self.run_json([self.tool, "grpc", "--target", target, "--concurrency",
+                                             str(c), "--tag", f"{next(tag):08x}"] + common)
+            out[key]["paced"] = self.run_json(
+                [self.tool, "grpc", "--target", target, "--concurrency", "16", "--rate", str(rps),
+                 "--tag", f"{next(tag):08x}"] + common)
+            self.stop(p)
+        self.stop(redis)
+        return out
+
     def close(self):
         for p in self.procs:
             self.stop(p)
@@ -313,6 +355,8 @@ def main():
         paced = b.paced(16, args.paced_rps)
         print(f"bench: {args.hold_calls} waiting calls ...", file=sys.stderr)
         hold = b.hold(args.hold_calls)
+        print("bench: state shared in Redis against local state ...", file=sys.stderr)
+        shared = b.shared([16, 64], args.paced_rps)
     finally:
         b.close()
 
@@ -385,13 +429,34 @@ def main():
           f"(~{cpu_per_call_us:.0f} us of 2 cores per answered call)")
     targets.append(("metrics + log line <= 5% of a call's CPU", obs_share <= 0.05))
 
+    if shared is None:
+        print("\nShared state: no /usr/bin/redis-server, not measured")
+    else:
+        print("\nEvery call with a request_id and a rate slot: local state against state shared "
+              "in Redis (--redis-url)")
+        for c in (16, 64):
+            lo, re_ = shared["local"][c], shared["redis"][c]
+            print(f"  {c:>3} callers: local {cell(lo)} | redis {cell(re_)}")
+        lo, re_ = shared["local"]["paced"], shared["redis"]["paced"]
+        print(f"  at {args.paced_rps}/s from 16 callers: local p99 {lo['p99_ms']:.2f} ms, "
+              f"redis p99 {re_['p99_ms']:.2f} ms")
+        ratio_shared = (shared["redis"][64]["rps"] / shared["local"][64]["rps"]
+                        if shared["local"][64]["rps"] else 0)
+        shared_added = re_["p99_ms"] - lo["p99_ms"]
+        print(f"  redis / local throughput at 64 callers: {ratio_shared:.2f}; p99 added by Redis "
+              f"at {args.paced_rps}/s: {shared_added:.2f} ms")
+        targets.append(("shared state >= 70% of local throughput at 64 callers",
+                        ratio_shared >= 0.70))
+        targets.append((f"p99 added by shared state <= 2 ms at {args.paced_rps}/s",
+                        shared_added <= 2.0))
+
     print("\nTargets:")
     for name, ok in targets:
         print(f"  [{'met ' if ok else 'MISS'}] {name}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"machine": machine(), "rows": rows, "startup": start, "tokens": tokens,
-                       "hold": hold, "paced": paced, "ratios": {"plugin_ceiling_64": ratio_ceiling,
+                       "hold": hold, "paced": paced, "shared": shared, "ratios": {"plugin_ceiling_64": ratio_ceiling,
                                                 "plugin_python_16": ratio_python,
                                                 "added_p99_16_ms": added_p99}}, f, indent=1)
 

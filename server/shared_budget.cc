@@ -318,7 +318,10 @@ void SharedRateLimiter::Acquire(const std::string& key, absl::Time deadline,
       kAcquire, {RedisRateKey(key)},
       {absl::StrCat(limits.per_minute), absl::StrCat(limits.per_hour),
        absl::StrCat(ToMicros(deadline - now)), member},
-      absl::Now() + state.options().call_timeout,
+      // Redis gets what is left of the caller's deadline, at most call_timeout (and at
+      // least 50 ms: a slot free now is still worth asking for).
+      absl::Now() + std::min(state.options().call_timeout,
+                             std::max(deadline - now, absl::Milliseconds(50))),
       [weak, key, member, deadline, cancellation = std::move(cancellation),
        done = std::move(done)](absl::StatusOr<redis::Reply> reply) mutable {
         std::shared_ptr<Core> core = weak.lock();
