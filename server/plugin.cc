@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const Plugi
     shared_options.min_replicas = config.redis_replicas;
     PluginRuntime* self = runtime.get();
     const std::string where = url->Display();
+    metrics.SharedBudgetMode(true);  // before the first heartbeat can report otherwise
     runtime->shared_ = std::make_unique<SharedState>(
         *runtime->redis_, runtime->transport_->scheduler(), shared_options,
         [self, where](bool shared, const absl::Status& why) {
@@ -55,7 +56,6 @@ absl::StatusOr<std::unique_ptr<PluginRuntime>> PluginRuntime::Create(const Plugi
           absl::MutexLock lock(&self->observer_mu_);
           if (self->observer_) self->observer_(shared);
         });
-    metrics.SharedBudgetMode(true);
     Log(LogLevel::kInfo, "shared budget: replicas take their rate slots from Redis",
         {{"redis", where}, {"replicas_assumed_if_down", int64_t{config.redis_replicas}}});
   }
@@ -99,6 +99,9 @@ bool PluginRuntime::shared_budget() const { return shared_ == nullptr || shared_
 void PluginRuntime::OnSharedModeChange(absl::AnyInvocable<void(bool shared)> observer) {
   absl::MutexLock lock(&observer_mu_);
   observer_ = std::move(observer);
+  // The mode as it is now, under the lock changes are reported under: a
+  // change racing with this call is reported after it, never before.
+  if (observer_) observer_(shared_budget());
 }
 
 namespace {

@@ -70,8 +70,9 @@ class PluginRuntime {
 
   // With config.redis_url: whether the budget is shared now (else degraded
   // to local shares); always true without Redis. OnSharedModeChange sets
-  // the one observer of changes (called from the Redis client's thread);
-  // every change is also logged and reported to the metrics.
+  // the one observer of changes (called at once with the mode as it is, then
+  // from the Redis client's thread on each change); every change is also
+  // logged and reported to the metrics.
   bool shared_budget() const;
   bool uses_redis() const { return shared_ != nullptr; }
   // shared_state is the link to Redis (null without config.redis_url).

@@ -138,7 +138,6 @@ absl::StatusOr<std::unique_ptr<PluginServer>> PluginServer::Start(const PluginCo
     server->runtime_->OnSharedModeChange([health](bool shared) {
       health->SetServingStatus(kSharedBudgetHealthName, shared);
     });
-    health->SetServingStatus(kSharedBudgetHealthName, server->runtime_->shared_budget());
   }
   return server;
 }

@@ -37,6 +37,12 @@ class RequestClaims {
   // failure whose status carries ErrorInfo metadata outcome=unknown may have
   // created an action, any other failure created none. Best effort.
   virtual void Finish(const std::string& key, const absl::StatusOr<v1::MachineAction>& result) = 0;
+  // Unclaimed records the outcome of a run made without a claim (the claim
+  // answered kUnavailable, waited false): an action, or a failure whose
+  // outcome is unknown, so that a repeat on any replica finds it once the
+  // shared state is back. Kept and retried until it is written. Best effort.
+  virtual void Unclaimed(const std::string& key, const std::string& params,
+                         const absl::StatusOr<v1::MachineAction>& result) = 0;
 };
 
 }  // namespace defender

@@ -243,8 +243,13 @@ void RequestLedger::Execute(journal::Entry entry, absl::Time maybe_sent_since, W
     if (!result.machine_id.empty()) entry.machine_id = result.machine_id;
     if (!result.sha1.empty()) entry.file_sha1 = result.sha1;
     Record(entry, result.action);
-    // Other replicas hear the outcome now (they may be waiting for it).
-    if (claimed) claims_->Finish(key, result.action);
+    // Other replicas hear the outcome now (they may be waiting for it), or,
+    // for a run made without a claim, once the shared state is back.
+    if (claimed) {
+      claims_->Finish(key, result.action);
+    } else if (claims_ != nullptr && !entry.request_key.empty()) {
+      claims_->Unclaimed(key, entry.params, result.action);
+    }
     const int64_t id = entry.id;
     journal_.Update(std::move(entry), [this, key, id, action = std::move(result.action)](
                                           absl::Status written) mutable {

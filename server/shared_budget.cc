@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
@@ -54,7 +56,8 @@ end
 local delay = slot - now
 if delay > tonumber(ARGV[3]) then return {0, string.format('%.0f', delay), binding} end
 redis.call('ZADD', key, string.format('%.0f', slot), ARGV[4])
-redis.call('PEXPIRE', key, math.floor(longest / 1000) + 60000)
+-- Kept until the latest slot (possibly reserved ahead) has left every window.
+redis.call('PEXPIRE', key, math.floor((delay + longest) / 1000) + 60000)
 return {1, string.format('%.0f', delay), binding}
 )lua");
 
@@ -115,6 +118,10 @@ struct SharedState::Core : std::enable_shared_from_this<SharedState::Core> {
   }
 
   void Beat() {
+    {
+      absl::MutexLock lock(&mu);
+      if (stopped) return;
+    }
     std::weak_ptr<Core> weak = weak_from_this();
     redis->Eval(kHeartbeat, {absl::StrCat(kPrefix, "replicas")},
                 {options.replica_id, absl::StrCat(ToMicros(options.replica_ttl))},
@@ -122,6 +129,10 @@ struct SharedState::Core : std::enable_shared_from_this<SharedState::Core> {
                 [weak](absl::StatusOr<redis::Reply> reply) {
                   std::shared_ptr<Core> core = weak.lock();
                   if (core == nullptr) return;
+                  {
+                    absl::MutexLock lock(&core->mu);
+                    if (core->stopped) return;
+                  }
                   if (reply.ok() && reply->type == redis::Reply::Type::kInteger) {
                     {
                       absl::MutexLock lock(&core->mu);
@@ -203,17 +214,28 @@ struct SharedRateLimiter::Core : std::enable_shared_from_this<SharedRateLimiter:
   uint64_t next_waiter ABSL_GUARDED_BY(mu) = 1;
   std::map<uint64_t, Waiter> waiters ABSL_GUARDED_BY(mu);
   std::shared_ptr<SlidingWindowLimiter> fallback ABSL_GUARDED_BY(mu);
+  int fallback_replicas ABSL_GUARDED_BY(mu) = 0;
+  // Fallbacks made for a smaller N, kept for the callers still waiting on them.
+  std::vector<std::shared_ptr<SlidingWindowLimiter>> retired ABSL_GUARDED_BY(mu);
 
+  // Fallback is the local share for N as it is now (a new one when N grew).
   std::shared_ptr<SlidingWindowLimiter> Fallback() {
+    const int n = state->FallbackReplicas();
     absl::MutexLock lock(&mu);
-    if (fallback == nullptr) {
-      const int n = state->FallbackReplicas();
+    if (fallback == nullptr || fallback_replicas != n) {
+      if (fallback != nullptr) retired.push_back(std::move(fallback));
       auto share = [n](int limit) { return limit <= 0 ? limit : std::max(1, limit / n); };
       fallback = std::make_shared<SlidingWindowLimiter>(
           RateLimits{share(limits.per_minute), share(limits.per_hour)}, state->scheduler(),
           *clock);
+      fallback_replicas = n;
     }
     return fallback;
+  }
+
+  bool Destroyed() {
+    absl::MutexLock lock(&mu);
+    return destroyed;
   }
 
   // Take removes waiter `id` if it is still waiting.
@@ -259,6 +281,7 @@ struct SharedRateLimiter::Core : std::enable_shared_from_this<SharedRateLimiter:
       std::optional<Waiter> w = core->Take(id);
       if (!w) return;
       core->state->scheduler().Cancel(w->timer);
+      if (core->Destroyed()) return std::move(w->done)(RateSlotShutdownError(w->key));
       // Give the reservation back (best effort: if Redis is gone, it expires).
       core->state->redis().Eval(kRelease, {RedisRateKey(w->key)}, {w->member},
                                 absl::Now() + core->state->options().call_timeout,
@@ -281,18 +304,21 @@ SharedRateLimiter::SharedRateLimiter(RateLimits limits, SharedState& state, Cloc
 SharedRateLimiter::~SharedRateLimiter() {
   std::map<uint64_t, Core::Waiter> waiters;
   std::shared_ptr<SlidingWindowLimiter> fallback;
+  std::vector<std::shared_ptr<SlidingWindowLimiter>> retired;
   {
     absl::MutexLock lock(&core_->mu);
     core_->destroyed = true;
     waiters.swap(core_->waiters);
     fallback = std::move(core_->fallback);
+    retired.swap(core_->retired);
   }
   for (auto& [id, waiter] : waiters) {
     core_->state->scheduler().Cancel(waiter.timer);
     if (waiter.cancellation != nullptr) waiter.cancellation->Forget(waiter.on_cancel);
     std::move(waiter.done)(RateSlotShutdownError(waiter.key));
   }
-  fallback.reset();  // completes its own waiters
+  fallback.reset();  // each completes its own waiters
+  retired.clear();
 }
 
 void SharedRateLimiter::Acquire(const std::string& key, absl::Time deadline,
@@ -325,8 +351,14 @@ void SharedRateLimiter::Acquire(const std::string& key, absl::Time deadline,
       [weak, key, member, deadline, cancellation = std::move(cancellation),
        done = std::move(done)](absl::StatusOr<redis::Reply> reply) mutable {
         std::shared_ptr<Core> core = weak.lock();
-        if (core == nullptr) {
+        if (core == nullptr || core->Destroyed()) {
           std::move(done)(RateSlotShutdownError(key));
+          return;
+        }
+        if (!reply.ok() && reply.status().code() == absl::StatusCode::kDeadlineExceeded) {
+          // Not sent: this replica's Redis client was busy, Redis is not at
+          // fault. The local share decides this one call; the mode stays.
+          core->Fallback()->Acquire(key, deadline, std::move(cancellation), std::move(done));
           return;
         }
         long long granted = 0, delay_us = 0;

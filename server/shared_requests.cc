@@ -53,7 +53,15 @@ return 1
 // KEYS[1] the record. ARGV: owner, outcome (done|unknown|none), action,
 // window_ms. Only the owner finishes a record.
 const redis::Script kFinish(R"lua(
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if r[1] ~= ARGV[1] then
+  -- Taken over meanwhile: a real action still wins over a run not yet done.
+  if r[1] and ARGV[2] == 'done' and r[2] ~= 'done' then
+    redis.call('HSET', KEYS[1], 'state', 'done', 'action', ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  end
+  return 0
+end
 if ARGV[2] == 'done' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'action', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -61,6 +69,31 @@ elseif ARGV[2] == 'unknown' then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'lease', '0')
 else
   redis.call('DEL', KEYS[1])
+end
+return 1
+)lua");
+
+// KEYS[1] the record. ARGV: params, outcome (done|unknown), action,
+// window_ms, lookback_us. The outcome of a run made without a claim: creates
+// the record (an unknown outcome as failed, since lookback_us ago, so the
+// next claimer looks back that far), or marks a not-yet-done record with the
+// same params done.
+const redis::Script kRecord(R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local r = redis.call('HMGET', KEYS[1], 'params', 'state')
+if not r[1] then
+  if ARGV[2] == 'done' then
+    redis.call('HSET', KEYS[1], 'params', ARGV[1], 'state', 'done', 'owner', '', 'lease', '0',
+               'since', string.format('%.0f', now), 'action', ARGV[3])
+  else
+    redis.call('HSET', KEYS[1], 'params', ARGV[1], 'state', 'failed', 'owner', '', 'lease', '0',
+               'since', string.format('%.0f', now - tonumber(ARGV[5])))
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+elseif r[1] == ARGV[1] and r[2] ~= 'done' and ARGV[2] == 'done' then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'action', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return 1
 )lua");
@@ -87,6 +120,7 @@ struct SharedRequests::Core : std::enable_shared_from_this<SharedRequests::Core>
     std::string params;
     ClaimDone done;
     bool waited = false;
+    int errors = 0;
     absl::Duration pause = absl::Milliseconds(100);
     Scheduler::TaskId timer = 0;
   };
@@ -98,6 +132,48 @@ struct SharedRequests::Core : std::enable_shared_from_this<SharedRequests::Core>
   uint64_t next_id ABSL_GUARDED_BY(mu) = 1;
   std::map<uint64_t, Waiting> waiting ABSL_GUARDED_BY(mu);
   std::map<std::string, Scheduler::TaskId> renewals ABSL_GUARDED_BY(mu);
+  // Unclaimed outcomes not yet in Redis: key -> {params, outcome, action}.
+  struct Unrecorded {
+    std::string params, outcome, action;
+  };
+  std::map<std::string, Unrecorded> unrecorded ABSL_GUARDED_BY(mu);
+  Scheduler::TaskId record_timer ABSL_GUARDED_BY(mu) = 0;
+
+  void WriteRecord(const std::string& key, const Unrecorded& record) {
+    std::weak_ptr<Core> weak = weak_from_this();
+    state->redis().Eval(
+        kRecord, {RedisRequestKey(key)},
+        {record.params, record.outcome, record.action, Millis(options.window),
+         Micros(absl::Hours(1))},
+        absl::Now() + state->options().call_timeout,
+        [weak, key, action = record.action](absl::StatusOr<redis::Reply> reply) {
+          auto core = weak.lock();
+          if (core == nullptr) return;
+          absl::MutexLock lock(&core->mu);
+          auto it = core->unrecorded.find(key);
+          if (reply.ok() && it != core->unrecorded.end() && it->second.action == action) {
+            core->unrecorded.erase(it);
+          }
+          if (!core->unrecorded.empty()) core->ScheduleRecords();
+        });
+  }
+
+  void ScheduleRecords() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (stopped || record_timer != 0) return;
+    std::weak_ptr<Core> weak = weak_from_this();
+    record_timer = state->scheduler().RunAt(absl::Now() + options.record_retry, [weak] {
+      auto core = weak.lock();
+      if (core == nullptr) return;
+      std::map<std::string, Unrecorded> pending;
+      {
+        absl::MutexLock lock(&core->mu);
+        core->record_timer = 0;
+        if (core->stopped) return;
+        pending = core->unrecorded;
+      }
+      for (const auto& [key, record] : pending) core->WriteRecord(key, record);
+    });
+  }
 
   std::optional<Waiting> Take(uint64_t id) {
     absl::MutexLock lock(&mu);
@@ -147,6 +223,23 @@ struct SharedRequests::Core : std::enable_shared_from_this<SharedRequests::Core>
       });
       return;
     }
+    const bool answered = kind == "run" || kind == "reused" || kind == "done";
+    if (!answered) {
+      // A blip or a slow answer while the shared state was thought up: try
+      // again (a script that did run left this replica's own record, which
+      // the next claim takes back).
+      const bool deadline = !reply.ok() && reply.status().code() == absl::StatusCode::kDeadlineExceeded;
+      absl::MutexLock lock(&mu);
+      auto it = waiting.find(id);
+      if (it == waiting.end()) return;
+      if (!stopped && (deadline || state->shared()) && ++it->second.errors < 3) {
+        std::weak_ptr<Core> weak = weak_from_this();
+        it->second.timer = state->scheduler().RunAt(absl::Now() + options.retry_pause, [weak, id] {
+          if (auto core = weak.lock()) core->Attempt(id);
+        });
+        return;
+      }
+    }
     std::optional<Waiting> w = Take(id);
     if (!w) return;
     RequestClaim claim;
@@ -168,7 +261,9 @@ struct SharedRequests::Core : std::enable_shared_from_this<SharedRequests::Core>
                       : MakeError(absl::StatusCode::kInternal,
                                   "Redis returned an unexpected request record",
                                   "REDIS_SCRIPT_ERROR");
-      state->ReportFailure(error);
+      if (reply.ok() || reply.status().code() != absl::StatusCode::kDeadlineExceeded) {
+        state->ReportFailure(error);  // (a call that never left this replica is not Redis's fault)
+      }
       claim.kind = RequestClaim::Kind::kUnavailable;
       claim.error = std::move(error);
     }
@@ -213,12 +308,13 @@ SharedRequests::~SharedRequests() {
     waiting.swap(core_->waiting);
     for (auto& [key, timer] : core_->renewals) core_->state->scheduler().Cancel(timer);
     core_->renewals.clear();
+    if (core_->record_timer != 0) core_->state->scheduler().Cancel(core_->record_timer);
   }
   for (auto& [id, w] : waiting) {
     if (w.timer != 0) core_->state->scheduler().Cancel(w.timer);
     RequestClaim claim;
     claim.kind = RequestClaim::Kind::kUnavailable;
-    claim.waited = w.waited;
+    claim.waited = true;  // an error for the caller: no run starts while stopping
     claim.error = MakeError(absl::StatusCode::kUnavailable,
                             "the plugin is shutting down: call again", "SHUTTING_DOWN");
     std::move(w.done)(std::move(claim));
@@ -252,6 +348,28 @@ void SharedRequests::Finish(const std::string& key,
       {core_->state->options().replica_id, outcome,
        result.ok() ? result->SerializeAsString() : std::string(), Millis(core_->options.window)},
       absl::Now() + core_->state->options().call_timeout, [](absl::StatusOr<redis::Reply>) {});
+}
+
+void SharedRequests::Unclaimed(const std::string& key, const std::string& params,
+                               const absl::StatusOr<v1::MachineAction>& result) {
+  if (!result.ok() && !OutcomeUnknown(result.status())) return;  // nothing was created
+  Core::Unrecorded record{params, result.ok() ? "done" : "unknown",
+                          result.ok() ? result->SerializeAsString() : std::string()};
+  {
+    absl::MutexLock lock(&core_->mu);
+    if (core_->stopped) return;
+    if (core_->unrecorded.size() >= core_->options.max_unrecorded &&
+        core_->unrecorded.count(key) == 0) {
+      core_->unrecorded.erase(core_->unrecorded.begin());  // bounded: the budget of memory
+    }
+    core_->unrecorded[key] = record;
+  }
+  core_->WriteRecord(key, record);
+}
+
+size_t SharedRequests::Unrecorded() const {
+  absl::MutexLock lock(&core_->mu);
+  return core_->unrecorded.size();
 }
 
 }  // namespace defender

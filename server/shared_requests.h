@@ -23,10 +23,16 @@
 //  - failed with nothing created: forgotten, so a repeat runs again.
 // Records expire after the request-id window.
 //
-// Redis unreachable: a first claim answers kUnavailable, and the ledger runs
-// the request locally with a lookback (see RequestLedger); a claim waiting
-// on another replica's run answers the error instead (UNAVAILABLE,
-// REDIS_UNAVAILABLE: that replica may be sending right now).
+// Redis unreachable: a claim that fails while the shared state was thought
+// up is tried twice more (200 ms apart: a blip, or a slow answer whose script
+// did run, which the retry finds as this replica's own record). Then a first
+// claim answers kUnavailable, and the ledger runs the request locally with a
+// lookback (see RequestLedger) and hands its outcome to Unclaimed, which
+// writes it to Redis once Redis answers (retried every 2 s, at most 10,000
+// kept), so a repeat on another replica finds it; a claim waiting on another
+// replica's run answers the error instead (UNAVAILABLE, REDIS_UNAVAILABLE:
+// that replica may be sending right now). A replica that stops waits for no
+// claim: those still waiting answer kUnavailable as if waited (an error).
 #ifndef DEFENDER_SERVER_SHARED_REQUESTS_H_
 #define DEFENDER_SERVER_SHARED_REQUESTS_H_
 
@@ -47,6 +53,9 @@ struct SharedRequestsOptions {
   absl::Duration window = absl::Hours(24 * 7);  // how long a record is kept
   absl::Duration lease = absl::Seconds(20);     // a run's claim without renewal
   absl::Duration max_poll = absl::Seconds(1);   // the longest pause between polls
+  absl::Duration retry_pause = absl::Milliseconds(200);  // between claim attempts on errors
+  absl::Duration record_retry = absl::Seconds(2);        // between writes of unrecorded outcomes
+  size_t max_unrecorded = 10000;
 };
 
 // SharedRequests is RequestClaims on the SharedState's Redis. Thread-safe.
@@ -62,6 +71,10 @@ class SharedRequests final : public RequestClaims {
 
   void Claim(const std::string& key, const std::string& params, ClaimDone done) override;
   void Finish(const std::string& key, const absl::StatusOr<v1::MachineAction>& result) override;
+  void Unclaimed(const std::string& key, const std::string& params,
+                 const absl::StatusOr<v1::MachineAction>& result) override;
+  // Unrecorded counts the unclaimed outcomes not yet written to Redis.
+  size_t Unrecorded() const;
 
  private:
   struct Core;

@@ -139,6 +139,7 @@ bool HiredisClient::Connect(std::string& error) {
 void HiredisClient::Disconnect() {
   if (context_ != nullptr) redisFree(context_);
   context_ = nullptr;
+  loaded_.clear();
 }
 
 void HiredisClient::RunBatch(std::vector<Call>& calls) {
@@ -147,7 +148,9 @@ void HiredisClient::RunBatch(std::vector<Call>& calls) {
   std::vector<Call> live;
   for (Call& call : calls) {
     if (call.deadline <= now) {
-      std::move(call.done)(Unavailable(options_.url, "no answer before the call's deadline"));
+      std::move(call.done)(MakeError(absl::StatusCode::kDeadlineExceeded,
+                                     "the call's deadline passed before it reached Redis",
+                                     "REDIS_QUEUE_TIMEOUT"));
     } else {
       live.push_back(std::move(call));
     }
@@ -166,6 +169,7 @@ void HiredisClient::RunBatch(std::vector<Call>& calls) {
   redisSetTimeout(context_, AtLeastAMillisecond(std::min(latest - now, options_.command_timeout)));
 
   auto append = [this](const Call& call, bool by_sha) {
+    by_sha = by_sha && loaded_.count(call.script->sha1()) > 0;
     std::vector<const char*> argv;
     std::vector<size_t> lens;
     std::string nkeys = absl::StrCat(call.keys.size());
@@ -208,6 +212,7 @@ void HiredisClient::RunBatch(std::vector<Call>& calls) {
       if (reply->type == REDIS_REPLY_ERROR) {
         std::string message(reply->str, reply->len);
         if (by_sha && absl::StartsWith(message, "NOSCRIPT")) {
+          loaded_.erase(live[i].script->sha1());
           unknown_script.push_back(std::move(live[i]));
           continue;
         }
@@ -216,6 +221,7 @@ void HiredisClient::RunBatch(std::vector<Call>& calls) {
                                           "REDIS_SCRIPT_ERROR"));
         continue;
       }
+      loaded_.insert(live[i].script->sha1());
       std::move(live[i].done)(Convert(*reply));
     }
     if (!broken.empty()) {

@@ -7,13 +7,16 @@
 //
 // The thread takes every queued call at once and pipelines them: one write,
 // then the replies in order, so a burst costs one round trip, not one per
-// call. Scripts go as EVALSHA; a server that does not know one (NOSCRIPT:
-// restarted, flushed) gets EVAL once and knows it from then on.
+// call, and calls run in the order they were made. A script goes as EVAL the
+// first time on a connection and as EVALSHA after it (so a restarted Redis
+// learns each script in order); a NOSCRIPT on a live connection (SCRIPT
+// FLUSH) is answered by sending those calls again as EVAL.
 //
 // Timeouts: connecting waits at most `connect_timeout`; a batch waits for its
 // replies until the latest deadline in it, but never longer than
 // `command_timeout`; a call whose deadline passes while queued is failed
-// without being sent. A broken or timed-out connection is closed (the replies
+// without being sent, with DEADLINE_EXCEEDED (reason REDIS_QUEUE_TIMEOUT):
+// Redis is not at fault, this client was busy. A broken or timed-out connection is closed (the replies
 // in flight are lost: their calls get UNAVAILABLE) and the next batch
 // reconnects; while Redis stays unreachable, calls fail at once and a new
 // connection is tried at most every `reconnect_pause`, so a dead Redis costs
@@ -24,6 +27,7 @@
 
 #include <deque>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -81,6 +85,7 @@ class HiredisClient final : public RedisClient {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // The client's thread's own state.
   redisContext* context_ = nullptr;
+  std::set<std::string> loaded_;  // the SHA-1s of scripts this connection has run
   absl::Time next_connect_ = absl::InfinitePast();
   std::thread thread_;
 };

@@ -73,6 +73,8 @@ class RedisClient {
   //  - UNAVAILABLE, reason REDIS_UNAVAILABLE: Redis could not be reached, the
   //    connection broke, or no answer came by `deadline` (or the client's
   //    own command timeout, if sooner); the script may or may not have run;
+  //  - DEADLINE_EXCEEDED, reason REDIS_QUEUE_TIMEOUT: `deadline` passed
+  //    before the call could be sent (it was not);
   //  - INTERNAL, reason REDIS_SCRIPT_ERROR: Redis answered with an error.
   virtual void Eval(const Script& script, std::vector<std::string> keys,
                     std::vector<std::string> args, absl::Time deadline, Callback done) = 0;

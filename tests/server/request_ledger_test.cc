@@ -1057,7 +1057,12 @@ class FakeClaims final : public RequestClaims {
   void Finish(const std::string& key, const absl::StatusOr<v1::MachineAction>& result) override {
     finished_.push_back(key + "|" + (result.ok() ? result->id() : ErrorReason(result.status())));
   }
-  std::vector<std::string> claims_, finished_;
+  void Unclaimed(const std::string& key, const std::string& params,
+                 const absl::StatusOr<v1::MachineAction>& result) override {
+    unclaimed_.push_back(key + "|" + params + "|" +
+                         (result.ok() ? result->id() : ErrorReason(result.status())));
+  }
+  std::vector<std::string> claims_, finished_, unclaimed_;
 
  private:
   std::deque<RequestClaim> script_;
@@ -1136,7 +1141,9 @@ TEST_F(RequestLedgerSharedTest, UnreachableBeforeAnyOtherRunRunsHereLookingBack)
   EXPECT_ACTION(answer, "A1");
   EXPECT_EQ(work_.since(),
             std::vector<absl::Time>{clock_.Now() - RequestLedger::kSharedLookback});
-  EXPECT_TRUE(claims_.finished_.empty());  // not claimed: nothing to tell
+  EXPECT_TRUE(claims_.finished_.empty());  // not claimed: no Finish
+  // but the outcome goes to the shared state once it is back.
+  EXPECT_EQ(claims_.unclaimed_, std::vector<std::string>{"k|params-1|A1"});
 }
 
 TEST_F(RequestLedgerSharedTest, UnreachableWhileAnotherReplicaRunsItIsUnavailableAndNothingRuns) {

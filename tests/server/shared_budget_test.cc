@@ -206,6 +206,53 @@ TEST(SharedRateLimiterTest, ReplicasSeenAliveSetTheShare) {
   EXPECT_EQ(granted, 2);  // 8 / 4
 }
 
+TEST(SharedRateLimiterTest, ReservedSlotsAreKeptUntilTheyLeaveTheWindow) {
+  RedisServer redis;
+  ASSERT_TRUE(redis.Start());
+  Replica a(redis.url(), RateLimits{1, 0});
+  ASSERT_TRUE(a.Acquire("k", absl::Seconds(5)).ok());
+  auto cancellation = std::make_shared<Cancellation>();
+  absl::Notification done;
+  a.limiter->Acquire("k", absl::Now() + absl::Minutes(5), cancellation,
+                     [&](absl::Status) { done.Notify(); });  // reserved a minute ahead
+  absl::SleepFor(absl::Milliseconds(200));
+  static const redis::Script kTtl("return redis.call('PTTL', KEYS[1])");
+  absl::Notification got;
+  long long ttl_ms = 0;
+  a.client->Eval(kTtl, {RedisRateKey("k")}, {}, absl::Now() + absl::Seconds(5),
+                 [&](absl::StatusOr<redis::Reply> reply) {
+                   if (reply.ok()) ttl_ms = reply->integer;
+                   got.Notify();
+                 });
+  got.WaitForNotification();
+  // The reserved slot (60 s ahead) counts for a minute after it: the log
+  // must outlive both, or a caller then would find the window empty.
+  EXPECT_GT(ttl_ms, 150000);
+  cancellation->Cancel();
+  done.WaitForNotification();
+}
+
+TEST(SharedRateLimiterTest, TheLocalShareFollowsTheReplicasSeen) {
+  RedisServer redis;  // down at first: this replica knows of no other
+  Replica a(redis.url(), RateLimits{8, 0});
+  int granted = 0;
+  for (int i = 0; i < 3; ++i) granted += a.Acquire("k", absl::Seconds(5)).ok() ? 1 : 0;
+  EXPECT_EQ(granted, 3);  // N = 1: the whole budget, locally
+  ASSERT_TRUE(redis.Start());
+  Replica b(redis.url(), RateLimits{8, 0}), c(redis.url(), RateLimits{8, 0}),
+      d(redis.url(), RateLimits{8, 0});
+  for (absl::Time end = absl::Now() + absl::Seconds(10);
+       absl::Now() < end && a.state->FallbackReplicas() < 4;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(a.state->FallbackReplicas(), 4);
+  redis.Stop();
+  ASSERT_TRUE(a.WaitForMode(false));
+  granted = 0;
+  for (int i = 0; i < 5; ++i) granted += a.Acquire("k", absl::Seconds(5)).ok() ? 1 : 0;
+  EXPECT_EQ(granted, 2);  // 8 / 4 now, not what was left of 8
+}
+
 TEST(SharedRateLimiterTest, DestructionCompletesWaiters) {
   RedisServer redis;
   ASSERT_TRUE(redis.Start());

@@ -28,6 +28,7 @@ struct Replica {
     SharedRequestsOptions request_options;
     request_options.lease = lease;
     request_options.max_poll = absl::Milliseconds(100);
+    request_options.record_retry = absl::Milliseconds(100);
     requests = std::make_unique<SharedRequests>(*state, request_options);
   }
   ~Replica() {
@@ -151,6 +152,55 @@ TEST(SharedRequestsTest, ALiveRunIsRenewedAndAStoppedOneIsTakenOver) {
   EXPECT_EQ(second.kind, Kind::kRun);
   EXPECT_TRUE(second.waited);
   EXPECT_NE(second.maybe_sent_since, absl::InfiniteFuture());
+}
+
+TEST(SharedRequestsTest, AnOutcomeReachedWithoutAClaimIsWrittenWhenRedisIsBack) {
+  RedisServer redis;  // down
+  Replica a(redis.url());
+  ASSERT_EQ(a.Claim("k").kind, Kind::kUnavailable);
+  a.requests->Unclaimed("k", "p", Action("A1"));  // the ledger ran it locally
+  a.requests->Unclaimed("lost", "p", MakeError(absl::StatusCode::kDeadlineExceeded, "no answer",
+                                               "DEFENDER_TIMEOUT", {{"outcome", "unknown"}}));
+  a.requests->Unclaimed("none", "p", MakeError(absl::StatusCode::kNotFound, "no device",
+                                               "MACHINE_NOT_FOUND"));  // nothing to keep
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(a.requests->Unrecorded(), 2u);
+  ASSERT_TRUE(redis.Start());
+  for (absl::Time end = absl::Now() + absl::Seconds(10);
+       absl::Now() < end && a.requests->Unrecorded() > 0;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(a.requests->Unrecorded(), 0u);
+  Replica b(redis.url());
+  RequestClaim done = b.Claim("k");
+  EXPECT_EQ(done.kind, Kind::kDone);
+  EXPECT_EQ(done.action.id(), "A1");
+  RequestClaim lost = b.Claim("lost");  // taken over, looking back an hour
+  ASSERT_EQ(lost.kind, Kind::kRun);
+  EXPECT_LT(lost.maybe_sent_since, absl::Now() - absl::Minutes(59));
+  EXPECT_EQ(b.Claim("none").kind, Kind::kRun);
+  EXPECT_EQ(b.Claim("none").kind, Kind::kRun);  // its own record: taken back
+}
+
+TEST(SharedRequestsTest, ARealActionWinsOverATakeOver) {
+  RedisServer redis;
+  ASSERT_TRUE(redis.Start());
+  Replica a(redis.url(), absl::Milliseconds(300)), b(redis.url(), absl::Milliseconds(300)),
+      c(redis.url());
+  ASSERT_EQ(a.Claim("k").kind, Kind::kRun);
+  // a's renewals stop (as when it cannot reach Redis for a while) and b,
+  // waiting, takes the run over once the lease lapses.
+  a.requests.reset();
+  RequestClaim taken = b.Claim("k");
+  ASSERT_EQ(taken.kind, Kind::kRun);
+  EXPECT_TRUE(taken.waited);
+  // a's run ends after all, with an action at Defender: that is the answer
+  // from now on, whatever b's run does.
+  a.requests = std::make_unique<SharedRequests>(*a.state);
+  a.requests->Finish("k", Action("A-real"));
+  RequestClaim seen = c.Claim("k");  // waits (b runs) until the record is done
+  EXPECT_EQ(seen.kind, Kind::kDone);
+  EXPECT_EQ(seen.action.id(), "A-real");
 }
 
 TEST(SharedRequestsTest, RedisDownIsUnavailable) {

@@ -190,10 +190,34 @@ TEST(HiredisClientTest, ACallPastItsDeadlineIsNotSent) {
   ASSERT_TRUE(server.Start());
   std::unique_ptr<HiredisClient> client = ClientFor(server);
   absl::StatusOr<Reply> reply = EvalNow(*client, kIncr, {"c"}, {}, -absl::Seconds(1));
-  EXPECT_EQ(reply.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(ErrorReason(reply.status()), "REDIS_QUEUE_TIMEOUT");
   reply = EvalNow(*client, kIncr, {"c"}, {});
   ASSERT_TRUE(reply.ok());
   EXPECT_EQ(reply->integer, 1);
+}
+
+TEST(HiredisClientTest, CallsRunInOrderWhenSomeScriptsAreNewToRedis) {
+  // setA is known to the connection, setB is not: queued together behind a
+  // slow script, B (sent first) must still run first.
+  static const Script kSetA("redis.call('SET', KEYS[1], 'a') return 1");
+  static const Script kSetB("redis.call('SET', KEYS[1], 'b') return 1");
+  static const Script kSlow("local i = 0 while i < 3000000 do i = i + 1 end return i");
+  static const Script kGet("return redis.call('GET', KEYS[1])");
+  RedisServer server;
+  ASSERT_TRUE(server.Start());
+  std::unique_ptr<HiredisClient> client = ClientFor(server);
+  ASSERT_TRUE(EvalNow(*client, kSetA, {"x"}, {}).ok());
+  absl::BlockingCounter left(3);
+  auto count = [&](absl::StatusOr<Reply>) { left.DecrementCount(); };
+  client->Eval(kSlow, {}, {}, absl::Now() + absl::Seconds(10), count);
+  absl::SleepFor(absl::Milliseconds(20));  // the slow one is on its way: the next two queue
+  client->Eval(kSetB, {"x"}, {}, absl::Now() + absl::Seconds(10), count);
+  client->Eval(kSetA, {"x"}, {}, absl::Now() + absl::Seconds(10), count);
+  left.Wait();
+  absl::StatusOr<Reply> x = EvalNow(*client, kGet, {"x"}, {});
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ(x->str, "a");
 }
 
 TEST(HiredisClientTest, DestructionAnswersQueuedCalls) {
