@@ -188,6 +188,9 @@ void PluginServer::Shutdown(absl::Duration grace) {
   // Watches end now, telling their callers to reconnect elsewhere.
   watches_->Close(MakeError(absl::StatusCode::kUnavailable,
                             "the plugin is shutting down: watch again", "SHUTTING_DOWN"));
+  // So do calls waiting on another replica's run of their request_id: their
+  // retry, on another replica, waits there instead (this one's own runs go on).
+  if (shared_requests_ != nullptr) shared_requests_->Close();
   // Waits for every call: those past the grace are cancelled, which stops
   // their waits, retries and requests.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));

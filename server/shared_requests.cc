@@ -300,7 +300,9 @@ SharedRequests::SharedRequests(SharedState& state, SharedRequestsOptions options
   core_->options = options;
 }
 
-SharedRequests::~SharedRequests() {
+SharedRequests::~SharedRequests() { Close(); }
+
+void SharedRequests::Close() {
   std::map<uint64_t, Core::Waiting> waiting;
   {
     absl::MutexLock lock(&core_->mu);
@@ -325,6 +327,17 @@ void SharedRequests::Claim(const std::string& key, const std::string& params, Cl
   uint64_t id;
   {
     absl::MutexLock lock(&core_->mu);
+    if (core_->stopped) {  // closed: an error, from the scheduler (never inside Claim)
+      core_->state->scheduler().RunAt(absl::Now(), [done = std::move(done)]() mutable {
+        RequestClaim claim;
+        claim.kind = RequestClaim::Kind::kUnavailable;
+        claim.waited = true;
+        claim.error = MakeError(absl::StatusCode::kUnavailable,
+                                "the plugin is shutting down: call again", "SHUTTING_DOWN");
+        std::move(done)(std::move(claim));
+      });
+      return;
+    }
     id = core_->next_id++;
     core_->waiting[id] = Core::Waiting{key, params, std::move(done)};
   }
@@ -356,8 +369,12 @@ void SharedRequests::Unclaimed(const std::string& key, const std::string& params
   Core::Unrecorded record{params, result.ok() ? "done" : "unknown",
                           result.ok() ? result->SerializeAsString() : std::string()};
   {
-    absl::MutexLock lock(&core_->mu);
-    if (core_->stopped) return;
+    absl::ReleasableMutexLock lock(&core_->mu);
+    if (core_->stopped) {  // closed: one write, no retries
+      lock.Release();
+      core_->WriteRecord(key, record);
+      return;
+    }
     if (core_->unrecorded.size() >= core_->options.max_unrecorded &&
         core_->unrecorded.count(key) == 0) {
       core_->unrecorded.erase(core_->unrecorded.begin());  // bounded: the budget of memory

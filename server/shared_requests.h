@@ -69,6 +69,13 @@ class SharedRequests final : public RequestClaims {
   SharedRequests(const SharedRequests&) = delete;
   SharedRequests& operator=(const SharedRequests&) = delete;
 
+  // Close answers every claim still waiting with an error (UNAVAILABLE,
+  // SHUTTING_DOWN; no run starts) and every later claim too, and stops the
+  // renewals (runs still in flight end within their lease): for a plugin that
+  // is shutting down, so that none of its calls waits on another replica's
+  // run. Finish and Unclaimed still write (once). Idempotent.
+  void Close();
+
   void Claim(const std::string& key, const std::string& params, ClaimDone done) override;
   void Finish(const std::string& key, const absl::StatusOr<v1::MachineAction>& result) override;
   void Unclaimed(const std::string& key, const std::string& params,

@@ -203,6 +203,29 @@ TEST(SharedRequestsTest, ARealActionWinsOverATakeOver) {
   EXPECT_EQ(seen.action.id(), "A-real");
 }
 
+TEST(SharedRequestsTest, CloseAnswersWaitingAndLaterClaimsAsErrors) {
+  RedisServer redis;
+  ASSERT_TRUE(redis.Start());
+  Replica a(redis.url()), b(redis.url());
+  ASSERT_EQ(a.Claim("k").kind, Kind::kRun);
+  RequestClaim waiting;
+  auto done = b.ClaimAsync("k", "p", &waiting);
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_FALSE(done->HasBeenNotified());
+  b.requests->Close();  // b is shutting down
+  ASSERT_TRUE(done->WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(waiting.kind, Kind::kUnavailable);
+  EXPECT_TRUE(waiting.waited);  // an error, not "run it here"
+  EXPECT_EQ(ErrorReason(waiting.error), "SHUTTING_DOWN");
+  RequestClaim later = b.Claim("other");
+  EXPECT_EQ(later.kind, Kind::kUnavailable);
+  EXPECT_TRUE(later.waited);
+  // a's run is untouched: it finishes, and others get its action.
+  a.requests->Finish("k", Action("A1"));
+  Replica c(redis.url());
+  EXPECT_EQ(c.Claim("k").kind, Kind::kDone);
+}
+
 TEST(SharedRequestsTest, RedisDownIsUnavailable) {
   RedisServer redis;  // never started
   Replica a(redis.url());
