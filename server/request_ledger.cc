@@ -26,13 +26,6 @@ absl::StatusOr<v1::MachineAction> ForWaiter(const absl::StatusOr<v1::MachineActi
   return error;
 }
 
-bool OutcomeUnknown(const absl::Status& status) {
-  auto info = GetErrorInfo(status);
-  if (!info) return false;
-  auto it = info->metadata().find("outcome");
-  return it != info->metadata().end() && it->second == "unknown";
-}
-
 }  // namespace
 
 absl::Status RequestIdReused() {

@@ -98,13 +98,6 @@ end
 return 1
 )lua");
 
-bool OutcomeUnknown(const absl::Status& status) {
-  auto info = GetErrorInfo(status);
-  if (!info) return false;
-  auto it = info->metadata().find("outcome");
-  return it != info->metadata().end() && it->second == "unknown";
-}
-
 std::string Micros(absl::Duration d) { return absl::StrCat(absl::ToInt64Microseconds(d)); }
 std::string Millis(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d)); }
 

@@ -36,6 +36,10 @@ std::string ErrorMetadata(const absl::Status& status, const std::string& key) {
   return it == info->metadata().end() ? std::string() : it->second;
 }
 
+bool OutcomeUnknown(const absl::Status& status) {
+  return ErrorMetadata(status, "outcome") == "unknown";
+}
+
 void SetRetryDelay(absl::Status& status, absl::Duration delay) {
   if (delay < absl::ZeroDuration()) delay = absl::ZeroDuration();
   google::rpc::RetryInfo retry;

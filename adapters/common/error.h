@@ -47,6 +47,10 @@ std::string ErrorReason(const absl::Status& status);
 // if it has none.
 std::string ErrorMetadata(const absl::Status& status, const std::string& key);
 
+// OutcomeUnknown says a failed call may still have created its action at
+// Defender (ErrorInfo metadata outcome = "unknown").
+bool OutcomeUnknown(const absl::Status& status);
+
 // SetRetryDelay attaches a RetryInfo telling the caller when to come back.
 void SetRetryDelay(absl::Status& status, absl::Duration delay);
 
